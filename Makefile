@@ -1,0 +1,44 @@
+# Two commands work on a fresh machine: `make demo` and `make test`.
+# Set-up is idempotent: it creates .venv, installs the pinned packages and Debian's verilator,
+# and is a no-op when all of that is already present.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-all bench verilog lint clean
+
+setup: $(STAMP) verilator-present
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+verilator-present:
+	@command -v verilator >/dev/null 2>&1 || { \
+	  echo "verilator not found: installing Debian's package"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq verilator; }
+
+demo: setup
+	$(PY) -m npu.firmware.cli demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-all: setup
+	$(PY) -m pytest -q -m ''
+
+bench: setup
+	$(PY) -m npu.firmware.cli bench
+
+verilog: setup
+	$(PY) -m npu.synth.export -o build/npu.v
+
+lint: setup
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf build .pytest_cache

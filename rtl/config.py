@@ -1,0 +1,117 @@
+"""The one configuration object of the NPU.
+
+Every gateware constructor, the compiler, the golden model and the runtime read the same
+:class:`NPUConfig`, so no dimension or width is written down twice.
+"""
+
+from dataclasses import dataclass, field
+
+__all__ = ["NPUConfig", "ROUNDING_MODES"]
+
+#: Requantisation rounding modes (see docs/architecture.md and REFERENCE: TFLite rules).
+#: "double" matches TFLite's reference kernels (the default build); "single" matches
+#: ``TFLITE_SINGLE_ROUNDING=1`` (XNNPACK's conv / fully-connected kernels).
+ROUNDING_MODES = ("double", "single")
+
+
+def _check_positive_int(name, value, *, maximum=None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive integer, not {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, not {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, not {value}")
+
+
+def _is_pow2(value):
+    return value > 0 and value & (value - 1) == 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class NPUConfig:
+    """Parameters of one NPU build.
+
+    Parameters
+    ----------
+    rows : int
+        Rows of the systolic array: the reduction (K) dimension of one pass. 1..64.
+    cols : int
+        Columns of the systolic array: output channels (N) of one pass. 1..64.
+    cores : int
+        Number of cores sharing external memory. 1..8.
+    scratchpad_bytes : int
+        On-chip scratchpad per core, in bytes. A power of two.
+    acc_rows : int
+        Rows of the int32 accumulator per core (each row is ``cols`` int32 lanes). A power of
+        two.
+    bus_width : int
+        Data width of the external AXI4 memory port, in bits: 32, 64, 128 or 256.
+    addr_width : int
+        Byte address width of the external memory port, 16..32.
+    rounding : str
+        Requantisation rounding, ``"double"`` (TFLite reference default) or ``"single"``.
+    """
+
+    rows: int = 8
+    cols: int = 8
+    cores: int = 1
+    scratchpad_bytes: int = 32768
+    acc_rows: int = 1024
+    bus_width: int = 64
+    addr_width: int = 32
+    rounding: str = "double"
+    # Widths of the datapath; fixed by the INT8 design, kept here so that no constant is
+    # repeated elsewhere.
+    in_width: int = field(default=8, init=False)
+    acc_width: int = field(default=32, init=False)
+
+    def __post_init__(self):
+        _check_positive_int("Array rows", self.rows, maximum=64)
+        _check_positive_int("Array columns", self.cols, maximum=64)
+        _check_positive_int("Core count", self.cores, maximum=8)
+        _check_positive_int("Scratchpad size", self.scratchpad_bytes)
+        if not _is_pow2(self.scratchpad_bytes):
+            raise ValueError(
+                f"Scratchpad size must be a power of two, not {self.scratchpad_bytes}")
+        if self.scratchpad_bytes < self.line_bytes * 16:
+            raise ValueError(
+                f"Scratchpad size must hold at least 16 lines of {self.line_bytes} bytes, "
+                f"not {self.scratchpad_bytes}")
+        _check_positive_int("Accumulator rows", self.acc_rows)
+        if not _is_pow2(self.acc_rows):
+            raise ValueError(f"Accumulator rows must be a power of two, not {self.acc_rows}")
+        if self.acc_rows < self.rows:
+            raise ValueError(
+                f"Accumulator rows must be at least the array rows ({self.rows}), "
+                f"not {self.acc_rows}")
+        if self.bus_width not in (32, 64, 128, 256):
+            raise ValueError(
+                f"Bus width must be one of 32, 64, 128, 256 bits, not {self.bus_width!r}")
+        _check_positive_int("Address width", self.addr_width, maximum=32)
+        if self.addr_width < 16:
+            raise ValueError(f"Address width must be at least 16, not {self.addr_width}")
+        if self.rounding not in ROUNDING_MODES:
+            raise ValueError(
+                f"Rounding mode must be 'double' or 'single', not {self.rounding!r}")
+
+    # Derived quantities. Read them; never recompute them elsewhere.
+
+    @property
+    def macs_per_cycle(self):
+        """Peak multiply-accumulates per cycle over all cores."""
+        return self.rows * self.cols * self.cores
+
+    @property
+    def line_bytes(self):
+        """Width of one scratchpad line: one activation vector or one weight row."""
+        return max(self.rows, self.cols)
+
+    @property
+    def sp_lines(self):
+        """Lines in the scratchpad of one core."""
+        return self.scratchpad_bytes // self.line_bytes
+
+    @property
+    def bus_bytes(self):
+        """Bytes per beat of the external memory bus."""
+        return self.bus_width // 8

@@ -1,0 +1,205 @@
+"""Weight-stationary systolic array of int8 x int8 -> int32 processing elements.
+
+Dataflow (R rows x C columns, see docs/architecture.md):
+
+* PE(i, j) holds weight W[i, j] -- row i is the reduction index k, column j the output
+  channel n.  Each PE holds two weight banks so the next tile's weights load while the current
+  tile streams; every activation carries the bank it must be multiplied with, so the switch
+  travels with the wavefront and no pass is drained early.
+* An activation vector a[0..R-1] enters skewed: lane i is delayed i cycles and then moves one
+  PE to the right per cycle.  Partial sums move one PE down per cycle; column j leaves the
+  bottom as sum_i a[i] * W[i, j] and is delayed C-1-j cycles so that the C results of one
+  vector leave together.
+* The whole array is one stall-able pipeline: it advances when its output is taken or empty.
+  From a vector accepted on ``a`` to its result valid on ``o`` is exactly
+  ``latency = R + C - 1`` cycles.
+"""
+
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .config import NPUConfig
+
+__all__ = ["ProcessingElement", "SystolicArray"]
+
+
+class ProcessingElement(wiring.Component):
+    """One multiply-accumulate cell with two weight banks.
+
+    Ports
+    -----
+    en : In(1)
+        Pipeline advance; registers hold when low (weight writes are not gated).
+    a_in, a_bank_in : In
+        Activation and the weight bank it uses, from the left neighbour.
+    a_out, a_bank_out : Out
+        The same, registered, to the right neighbour.
+    psum_in : In(signed(32))
+        Partial sum from the PE above (0 on the top row).
+    psum_out : Out(signed(32))
+        ``psum_in + a_in * W[a_bank_in]``, registered.
+    w_we, w_bank, w_data : In
+        Write ``w_data`` into weight bank ``w_bank``.
+    """
+
+    en: In(1)
+    a_in: In(signed(8))
+    a_bank_in: In(1)
+    a_out: Out(signed(8))
+    a_bank_out: Out(1)
+    psum_in: In(signed(32))
+    psum_out: Out(signed(32))
+    w_we: In(1)
+    w_bank: In(1)
+    w_data: In(signed(8))
+
+    def elaborate(self, platform):
+        m = Module()
+        weights = [Signal(signed(8), name=f"w{b}") for b in range(2)]
+        with m.If(self.w_we):
+            with m.If(self.w_bank):
+                m.d.sync += weights[1].eq(self.w_data)
+            with m.Else():
+                m.d.sync += weights[0].eq(self.w_data)
+        weight = Mux(self.a_bank_in, weights[1], weights[0])
+        with m.If(self.en):
+            m.d.sync += [
+                self.a_out.eq(self.a_in),
+                self.a_bank_out.eq(self.a_bank_in),
+                # int8 x int8 fits 16 bits; the int32 sum wraps like the accumulator does.
+                self.psum_out.eq(self.psum_in + self.a_in * weight),
+            ]
+        return m
+
+
+class SystolicArray(wiring.Component):
+    """R x C weight-stationary array with a stream in, a stream out and a weight-load port.
+
+    Parameters
+    ----------
+    config : NPUConfig
+        ``rows`` and ``cols`` give R and C.
+    tag_shape : shape, optional
+        Side information carried with each vector from ``a`` to ``o`` (the core uses it for the
+        accumulator address). Defaults to 1 bit.
+
+    Ports
+    -----
+    a : In(stream)
+        ``data``: R int8 lanes, ``bank``: weight bank, ``tag``.
+    o : Out(stream)
+        ``data``: C int32 lanes, ``tag``.
+    w : In(stream)
+        ``row`` (0..R-1), ``bank``, ``data``: C int8 lanes; one row per cycle. Not ready while
+        a vector that uses ``bank`` is offered or still in the array, so a weight write can
+        never corrupt a pass in flight.
+    bank_busy : Out(2)
+        Bit b is set while any vector using bank b is offered or in flight.
+    """
+
+    def __init__(self, config, *, tag_shape=1):
+        if not isinstance(config, NPUConfig):
+            raise TypeError(f"config must be an NPUConfig, not {config!r}")
+        self.config = config
+        self.rows = config.rows
+        self.cols = config.cols
+        self.latency = self.rows + self.cols - 1
+        self.tag_shape = tag_shape
+        super().__init__({
+            "a": In(stream.Signature(data.StructLayout({
+                "data": data.ArrayLayout(signed(8), self.rows),
+                "bank": unsigned(1),
+                "tag": tag_shape,
+            }))),
+            "o": Out(stream.Signature(data.StructLayout({
+                "data": data.ArrayLayout(signed(32), self.cols),
+                "tag": tag_shape,
+            }))),
+            "w": In(stream.Signature(data.StructLayout({
+                "row": unsigned(max(1, ceil_log2(self.rows))),
+                "bank": unsigned(1),
+                "data": data.ArrayLayout(signed(8), self.cols),
+            }))),
+            "bank_busy": Out(2),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        R, C = self.rows, self.cols
+
+        en = Signal()
+        m.d.comb += [
+            en.eq(self.o.ready | ~self.o.valid),
+            self.a.ready.eq(en),
+            self.w.ready.eq(~self.bank_busy.bit_select(self.w.p.bank, 1)),
+        ]
+
+        pes = [[ProcessingElement() for _ in range(C)] for _ in range(R)]
+        for i in range(R):
+            for j in range(C):
+                m.submodules[f"pe_{i}_{j}"] = pes[i][j]
+                pe = pes[i][j]
+                m.d.comb += [
+                    pe.en.eq(en),
+                    pe.w_we.eq(self.w.valid & self.w.ready & (self.w.p.row == i)),
+                    pe.w_bank.eq(self.w.p.bank),
+                    pe.w_data.eq(self.w.p.data[j]),
+                ]
+
+        # Input skew: lane i waits i cycles. Bubbles enter as zeros so idle PEs do not toggle.
+        for i in range(R):
+            a = Signal(signed(8), name=f"skew_a{i}_0")
+            bank = Signal(name=f"skew_b{i}_0")
+            m.d.comb += [
+                a.eq(Mux(self.a.valid, self.a.p.data[i], 0)),
+                bank.eq(self.a.p.bank),
+            ]
+            for d in range(i):
+                a_next = Signal(signed(8), name=f"skew_a{i}_{d + 1}")
+                bank_next = Signal(name=f"skew_b{i}_{d + 1}")
+                with m.If(en):
+                    m.d.sync += [a_next.eq(a), bank_next.eq(bank)]
+                a, bank = a_next, bank_next
+            m.d.comb += [pes[i][0].a_in.eq(a), pes[i][0].a_bank_in.eq(bank)]
+
+        for i in range(R):
+            for j in range(1, C):
+                m.d.comb += [
+                    pes[i][j].a_in.eq(pes[i][j - 1].a_out),
+                    pes[i][j].a_bank_in.eq(pes[i][j - 1].a_bank_out),
+                ]
+        for j in range(C):
+            m.d.comb += pes[0][j].psum_in.eq(0)
+            for i in range(1, R):
+                m.d.comb += pes[i][j].psum_in.eq(pes[i - 1][j].psum_out)
+
+        # Output de-skew: column j waits C-1-j cycles.
+        for j in range(C):
+            s = pes[R - 1][j].psum_out
+            for d in range(C - 1 - j):
+                s_next = Signal(signed(32), name=f"deskew{j}_{d + 1}")
+                with m.If(en):
+                    m.d.sync += s_next.eq(s)
+                s = s_next
+            m.d.comb += self.o.p.data[j].eq(s)
+
+        # Valid, bank and tag travel beside the array in a delay line of the same length; a
+        # bank is busy while any stage (or the offered input) holds a vector that uses it.
+        valid, bank, tag = self.a.valid, self.a.p.bank, self.a.p.tag
+        busy = [valid & (bank == b) for b in range(2)]
+        for d in range(self.latency):
+            valid_next = Signal(name=f"valid_{d + 1}")
+            bank_next = Signal(name=f"bank_{d + 1}")
+            tag_next = Signal(self.tag_shape, name=f"tag_{d + 1}")
+            with m.If(en):
+                m.d.sync += [valid_next.eq(valid), bank_next.eq(bank), tag_next.eq(tag)]
+            valid, bank, tag = valid_next, bank_next, tag_next
+            busy = [busy[b] | (valid & (bank == b)) for b in range(2)]
+        m.d.comb += [
+            self.o.valid.eq(valid),
+            self.o.p.tag.eq(tag),
+            self.bank_busy.eq(busy[0] | (busy[1] << 1)),
+        ]
+        return m
