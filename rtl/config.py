@@ -50,6 +50,9 @@ class NPUConfig:
         Byte address width of the external memory port, 16..32.
     rounding : str
         Requantisation rounding, ``"double"`` (TFLite reference default) or ``"single"``.
+    param_slots : int
+        Requantisation parameter slots per core (one slot: per-channel parameters of ``cols``
+        output channels). 1..256.
     """
 
     rows: int = 8
@@ -60,6 +63,7 @@ class NPUConfig:
     bus_width: int = 64
     addr_width: int = 32
     rounding: str = "double"
+    param_slots: int = 16
     # Widths of the datapath; fixed by the INT8 design, kept here so that no constant is
     # repeated elsewhere.
     in_width: int = field(default=8, init=False)
@@ -77,7 +81,10 @@ class NPUConfig:
             raise ValueError(
                 f"Scratchpad size must hold at least 16 lines of {self.line_bytes} bytes, "
                 f"not {self.scratchpad_bytes}")
-        _check_positive_int("Accumulator rows", self.acc_rows)
+        if self.sp_lines > 65536:
+            raise ValueError(
+                f"Scratchpad size must be at most 65536 lines, not {self.sp_lines}")
+        _check_positive_int("Accumulator rows", self.acc_rows, maximum=65536)
         if not _is_pow2(self.acc_rows):
             raise ValueError(f"Accumulator rows must be a power of two, not {self.acc_rows}")
         if self.acc_rows < self.rows:
@@ -90,6 +97,7 @@ class NPUConfig:
         _check_positive_int("Address width", self.addr_width, maximum=32)
         if self.addr_width < 16:
             raise ValueError(f"Address width must be at least 16, not {self.addr_width}")
+        _check_positive_int("Parameter slots", self.param_slots, maximum=256)
         if self.rounding not in ROUNDING_MODES:
             raise ValueError(
                 f"Rounding mode must be 'double' or 'single', not {self.rounding!r}")
