@@ -22,17 +22,23 @@ import operator
 from numbers import Real
 
 import numpy as np
-
 from npu.rtl.config import ROUNDING_MODES
 
 __all__ = [
-    "INT32_MIN", "INT32_MAX", "INT8_MIN", "INT8_MAX", "ROUNDING_MODES",
-    "quantize_multiplier",
-    "saturating_rounding_doubling_high_mul", "rounding_divide_by_pot",
+    "INT8_MAX",
+    "INT8_MIN",
+    "INT32_MAX",
+    "INT32_MIN",
+    "ROUNDING_MODES",
+    "choose_activation_params",
     "multiply_by_quantized_multiplier",
-    "requantize",
-    "quantize_tensor", "choose_activation_params", "quantize_weights_per_channel",
+    "quantize_multiplier",
+    "quantize_tensor",
+    "quantize_weights_per_channel",
     "requant_params",
+    "requantize",
+    "rounding_divide_by_pot",
+    "saturating_rounding_doubling_high_mul",
 ]
 
 INT32_MIN = -2**31

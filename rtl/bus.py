@@ -25,8 +25,8 @@ class AXI4Signature(wiring.Signature):
     """
 
     def __init__(self, *, addr_width, data_width, id_width):
-        if data_width not in (32, 64, 128, 256):
-            raise ValueError(f"AXI data width must be 32, 64, 128 or 256, not {data_width}")
+        if data_width not in (32, 64, 128):
+            raise ValueError(f"AXI data width must be 32, 64 or 128, not {data_width}")
         self.addr_width = addr_width
         self.data_width = data_width
         self.id_width = id_width

@@ -45,7 +45,8 @@ class NPUConfig:
         Rows of the int32 accumulator per core (each row is ``cols`` int32 lanes). A power of
         two.
     bus_width : int
-        Data width of the external AXI4 memory port, in bits: 32, 64, 128 or 256.
+        Data width of the external AXI4 memory port, in bits: 32, 64 or 128 (an instruction is
+        16 bytes, so it never shares a beat with the next one).
     addr_width : int
         Byte address width of the external memory port, 16..32.
     rounding : str
@@ -91,9 +92,9 @@ class NPUConfig:
             raise ValueError(
                 f"Accumulator rows must be at least the array rows ({self.rows}), "
                 f"not {self.acc_rows}")
-        if self.bus_width not in (32, 64, 128, 256):
+        if self.bus_width not in (32, 64, 128):
             raise ValueError(
-                f"Bus width must be one of 32, 64, 128, 256 bits, not {self.bus_width!r}")
+                f"Bus width must be one of 32, 64, 128 bits, not {self.bus_width!r}")
         _check_positive_int("Address width", self.addr_width, maximum=32)
         if self.addr_width < 16:
             raise ValueError(f"Address width must be at least 16, not {self.addr_width}")

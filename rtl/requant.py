@@ -1,0 +1,216 @@
+"""The requantiser: int32 accumulators -> int8 activations, bit-exact with TFLite's integer rules.
+
+Per lane (output channel) ``c`` of a beat::
+
+    x = wrap32(acc[c] + bias[c])
+    y = MultiplyByQuantizedMultiplier(x, multiplier[c], shift[c])     # "double" or "single"
+    o[c] = min(max(y + zero_point, act_min), act_max)
+
+``npu.firmware.quant`` holds the same rules written straight from the rule text; the tests hold
+the two against each other. The gateware uses two identities that are cheaper than the text:
+
+* gemmlowp's ``SaturatingRoundingDoublingHighMul`` nudges by ``2**30`` (``a*b >= 0``) or
+  ``1 - 2**30`` (``a*b < 0``) and then truncates toward zero; both cases equal
+  ``(a*b + 2**30) >> 31`` with an arithmetic shift, so no sign-dependent nudge is needed;
+* ``RoundingDivideByPOT(y, e)`` (ties away from zero) is ``(y + 2**(e-1) - [y < 0]) >> e`` for
+  ``e >= 1``, and single rounding's ``(p + 2**(t-1)) >> t`` is ``((p >> (t-1)) + 1) >> 1``, so
+  neither needs a variable-width mask or a 64-bit rounding constant.
+
+Results are specified for ``shift`` in ``[-31, 30]`` (what the host produces and checks); the
+other two codes of the 6-bit field give unspecified (but deterministic) results.
+"""
+
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import NPUConfig
+
+__all__ = ["Requantiser"]
+
+_INT32_MAX = 2**31 - 1
+
+
+class Requantiser(wiring.Component):
+    """Pipelined, lane-parallel requantiser with stall-on-backpressure.
+
+    The whole pipeline advances in a cycle when ``o.ready | ~o.valid``; ``i.ready`` is that same
+    condition (combinationally dependent on ``o.ready``, never on ``i.valid``). A beat offered in
+    cycle ``c`` while ``i.ready`` is high is on ``o`` (``o.valid`` high) in cycle
+    ``c + latency`` if ``o`` never stalls in between. Stages:
+
+    1. ``x = wrap32(acc + bias)``; double rounding also shifts left by ``max(shift, 0)``
+       (wrapping, as the compiled C++ does) and decodes the right shift;
+    2. the signed 32x32 product as four 17x17 partial products (one DSP each);
+    3. the partial products summed to 64 bits (plus ``2**30``, the SRDHM nudge, for double);
+    4. double: ``>> 31`` with saturation, plus the RoundingDivideByPOT constant;
+       single: arithmetic ``>> (30 - shift)``;
+    5. the final right shift, ``+ zero_point``, the clamp to ``[act_min, act_max]``.
+
+    Parameters
+    ----------
+    config : NPUConfig
+        Supplies the rounding mode (hardware for only that mode is elaborated) and the default
+        lane count ``config.cols``.
+    lanes : int or None
+        Channels per beat; ``None`` means ``config.cols``.
+
+    Attributes
+    ----------
+    i : In(stream.Signature(Requantiser.input_layout(lanes)))
+        ``acc``, ``bias``, ``multiplier``, ``shift`` per lane (int32, int32, int32, int6) and
+        ``zero_point``, ``act_min``, ``act_max`` for the whole beat (int8).
+    o : Out(stream.Signature(Requantiser.output_layout(lanes)))
+        The int8 results, one per lane.
+    latency : int
+        Pipeline depth in cycles (5).
+    lanes : int
+    rounding : str
+    """
+
+    #: Cycles from a beat accepted on ``i`` to the same beat valid on ``o`` (no stalls).
+    LATENCY = 5
+
+    @staticmethod
+    def input_layout(lanes):
+        """Payload layout of ``i``: what other gateware fills in to requantise one beat."""
+        return data.StructLayout({
+            "acc":        data.ArrayLayout(signed(32), lanes),
+            "bias":       data.ArrayLayout(signed(32), lanes),
+            "multiplier": data.ArrayLayout(signed(32), lanes),
+            "shift":      data.ArrayLayout(signed(6), lanes),
+            "zero_point": signed(8),
+            "act_min":    signed(8),
+            "act_max":    signed(8),
+        })
+
+    @staticmethod
+    def output_layout(lanes):
+        """Payload layout of ``o``: one int8 per lane."""
+        return data.ArrayLayout(signed(8), lanes)
+
+    def __init__(self, config, *, lanes=None):
+        if not isinstance(config, NPUConfig):
+            raise TypeError(f"Requantiser config must be an NPUConfig, not {config!r}")
+        if lanes is None:
+            lanes = config.cols
+        if isinstance(lanes, bool) or not isinstance(lanes, int):
+            raise TypeError(f"Requantiser lanes must be a positive integer, not {lanes!r}")
+        if lanes < 1:
+            raise ValueError(f"Requantiser lanes must be a positive integer, not {lanes}")
+        self._lanes = lanes
+        self._rounding = config.rounding
+        super().__init__({
+            "i": In(stream.Signature(self.input_layout(lanes))),
+            "o": Out(stream.Signature(self.output_layout(lanes))),
+        })
+
+    @property
+    def lanes(self):
+        return self._lanes
+
+    @property
+    def rounding(self):
+        return self._rounding
+
+    @property
+    def latency(self):
+        return self.LATENCY
+
+    def elaborate(self, platform):
+        m = Module()
+        double = self._rounding == "double"
+        p_in = self.i.payload
+
+        advance = Signal()
+        m.d.comb += [
+            advance.eq(self.o.ready | ~self.o.valid),
+            self.i.ready.eq(advance),
+        ]
+
+        # Valid bits, one per stage; the last one is o.valid.
+        valid = [Signal(name=f"s{n}_valid") for n in range(1, self.LATENCY + 1)]
+        # Per-beat fields travel alongside the data (zero point and clamp used in stage 5).
+        beat_fields = ("zero_point", "act_min", "act_max")
+        beat = [{f: Signal(signed(8), name=f"s{n}_{f}") for f in beat_fields}
+                for n in range(1, self.LATENCY)]
+
+        with m.If(advance):
+            m.d.sync += valid[0].eq(self.i.valid)
+            m.d.sync += [valid[n].eq(valid[n - 1]) for n in range(1, self.LATENCY)]
+            m.d.sync += [beat[0][f].eq(p_in[f]) for f in beat_fields]
+            m.d.sync += [beat[n][f].eq(beat[n - 1][f])
+                         for n in range(1, len(beat)) for f in beat_fields]
+        m.d.comb += self.o.valid.eq(valid[-1])
+
+        for lane in range(self._lanes):
+            self._elaborate_lane(m, lane, advance, beat[-1], double)
+        return m
+
+    def _elaborate_lane(self, m, k, advance, beat, double):
+        p_in = self.i.payload
+
+        def reg(shape, stage, what):
+            return Signal(shape, name=f"s{stage}_{what}{k}")
+
+        # Stage 1: bias add (int32 wrap); double rounding also applies the left shift.
+        s1_x = reg(signed(32), 1, "x")
+        s1_m = reg(signed(32), 1, "m")
+        s1_e = reg(unsigned(6), 1, "e")  # double: right shift 0..31; single: 30 - shift, 0..61
+        x = (p_in.acc[k] + p_in.bias[k])[:32].as_signed()
+        shift = p_in.shift[k]
+        if double:
+            left = Mux(shift > 0, shift, 0)[:5]
+            x_next = (x << left)[:32].as_signed()
+            e_next = Mux(shift < 0, -shift, 0)[:6]
+        else:
+            x_next = x
+            e_next = (30 - shift)[:6]
+
+        # Stage 2: x * M as four partial products: a = aH * 2**16 + aL with aL unsigned.
+        s2_ll = reg(unsigned(32), 2, "pp_ll")
+        s2_hl = reg(signed(33), 2, "pp_hl")
+        s2_lh = reg(signed(33), 2, "pp_lh")
+        s2_hh = reg(signed(32), 2, "pp_hh")
+        s2_e = reg(unsigned(6), 2, "e")
+        a_lo, a_hi = s1_x[:16], s1_x[16:].as_signed()
+        b_lo, b_hi = s1_m[:16], s1_m[16:].as_signed()
+
+        # Stage 3: the 64-bit product; for double rounding plus SRDHM's 2**30 (see module doc).
+        s3_p = reg(signed(64), 3, "p")
+        s3_e = reg(unsigned(6), 3, "e")
+        nudge = 2**30 if double else 0
+        product = s2_ll + ((s2_hl + s2_lh) << 16) + (s2_hh << 32) + nudge
+
+        # Stage 4.
+        s4_e = reg(unsigned(6), 4, "e")
+        if double:
+            # SRDHM = p >> 31 (33 bits); only INT32_MIN * INT32_MIN exceeds int32: saturate.
+            high = s3_p[31:].as_signed()
+            srdhm = Mux(high > _INT32_MAX, _INT32_MAX, high[:32]).as_signed()
+            # RoundingDivideByPOT(y, e) = (y + 2**(e-1) - [y < 0]) >> e for e >= 1; y for e = 0.
+            half = (Const(1, 1) << s3_e)[1:33]  # 2**(e-1), or 0 for e = 0
+            s4_z = reg(signed(34), 4, "z")
+            z_next = srdhm + half - (srdhm[31] & (s3_e != 0))
+        else:
+            # (p + 2**(t-1)) >> t == ((p >> (t-1)) + 1) >> 1, with t - 1 = 30 - shift = e.
+            s4_z = reg(signed(64), 4, "z")
+            z_next = s3_p >> s3_e
+
+        with m.If(advance):
+            m.d.sync += [
+                s1_x.eq(x_next), s1_m.eq(p_in.multiplier[k]), s1_e.eq(e_next),
+                s2_ll.eq(a_lo * b_lo), s2_hl.eq(a_hi * b_lo), s2_lh.eq(a_lo * b_hi),
+                s2_hh.eq(a_hi * b_hi), s2_e.eq(s1_e),
+                s3_p.eq(product), s3_e.eq(s2_e),
+                s4_z.eq(z_next), s4_e.eq(s3_e),
+            ]
+
+        # Stage 5: final shift, zero point (exact, no wrap), clamp in TFLite's order.
+        y = (s4_z >> s4_e) if double else ((s4_z + 1) >> 1)
+        v = y + beat["zero_point"]
+        lo, hi = beat["act_min"], beat["act_max"]
+        floored = Mux(v < lo, lo, v)
+        clamped = Mux(floored > hi, hi, floored)
+        with m.If(advance):
+            m.d.sync += self.o.payload[k].eq(clamped[:8])
