@@ -1,0 +1,417 @@
+"""One NPU core: fetch, dispatch, the load / execute / store units, the memories and counters.
+
+See docs/architecture.md for the block diagram and the cycle model.
+"""
+
+from amaranth import Cat, Module, Mux, ResetInserter, Signal
+from amaranth.lib import data, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
+
+from .bus import BURST_INCR, AXI4Signature
+from .config import NPUConfig
+from .control import CoreControlSignature
+from .isa import INSTR_BITS, INSTR_BYTES, CoreState, ErrorCode, Instruction, Opcode, \
+    param_slot_bytes
+from .units import ExecuteUnit, FetchUnit, LoadUnit, ParamLayout, StoreUnit
+
+__all__ = ["NPUCore", "AXI_ID_FETCH", "AXI_ID_LOAD"]
+
+AXI_ID_FETCH = 0
+AXI_ID_LOAD = 1
+
+#: Depth of each unit's instruction queue.
+UNIT_QUEUE_DEPTH = 4
+#: Token semaphores count to 255; a program must not have more tokens outstanding.
+SEMAPHORE_BITS = 8
+
+
+class NPUCore(wiring.Component):
+    """A core that runs one command stream.
+
+    Parameters
+    ----------
+    config : NPUConfig
+
+    Ports
+    -----
+    ctrl : In(CoreControlSignature)
+        Start, program address, DMA window; state, error, pc and counters back.
+    axi : Out(AXI4Signature)
+        The core's memory port (ID 0: instruction fetch and stores, ID 1: loads).
+
+    Attributes
+    ----------
+    scratchpad, accumulator, params : MemoryData
+        The memories' contents, for tests to peek.
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, NPUConfig):
+            raise TypeError(f"config must be an NPUConfig, not {config!r}")
+        self.config = config
+        L = config.line_bytes
+        self.scratchpad = Memory(shape=data.ArrayLayout(8, L), depth=config.sp_lines,
+                                 init=[])
+        self.accumulator = Memory(shape=data.ArrayLayout(32, config.cols),
+                                  depth=config.acc_rows, init=[])
+        self.params = Memory(shape=ParamLayout(config.cols), depth=config.param_slots,
+                             init=[])
+        super().__init__({
+            "ctrl": In(CoreControlSignature()),
+            "axi": Out(AXI4Signature(addr_width=config.addr_width,
+                                     data_width=config.bus_width, id_width=1)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        B = cfg.bus_bytes
+
+        state = Signal(CoreState)
+        error = Signal(ErrorCode)
+        pc = Signal(32)
+        win_base = Signal(32)
+        win_limit = Signal(32)
+        restart = Signal()
+        m.d.comb += [
+            restart.eq(self.ctrl.start & (state != CoreState.BUSY)),
+            self.ctrl.state.eq(state),
+            self.ctrl.error.eq(error),
+            self.ctrl.pc.eq(pc),
+        ]
+
+        # Everything with run state is reset when a run starts; memories keep their contents.
+        def fresh(unit):
+            return ResetInserter(restart)(unit)
+
+        fetch = FetchUnit(cfg)
+        load = LoadUnit(cfg)
+        execute = ExecuteUnit(cfg)
+        store = StoreUnit(cfg)
+        queues = {name: SyncFIFOBuffered(width=INSTR_BITS, depth=UNIT_QUEUE_DEPTH)
+                  for name in ("load", "execute", "store")}
+        m.submodules.fetch = fresh(fetch)
+        m.submodules.load = fresh(load)
+        m.submodules.execute = fresh(execute)
+        m.submodules.store = fresh(store)
+        for name, queue in queues.items():
+            m.submodules[f"{name}_queue"] = fresh(queue)
+        for name, unit in (("load", load), ("execute", execute), ("store", store)):
+            queue = queues[name]
+            m.d.comb += [
+                unit.cmd.payload.eq(queue.r_data),
+                unit.cmd.valid.eq(queue.r_rdy),
+                queue.r_en.eq(unit.cmd.ready),
+            ]
+
+        # Memories. The scratchpad has one write port (load) and two read ports (weights,
+        # activations); the accumulator a transparent read-modify-write pair (execute) and a
+        # read port (store); the parameter slots one write and one read port.
+        m.submodules.scratchpad = self.scratchpad
+        m.submodules.accumulator = self.accumulator
+        m.submodules.params = self.params
+        sp_wr = self.scratchpad.write_port(granularity=1)
+        wiring.connect(m, load.sp, sp_wr)
+        wiring.connect(m, execute.sp_w, self.scratchpad.read_port())
+        wiring.connect(m, execute.sp_a, self.scratchpad.read_port())
+        acc_wr = self.accumulator.write_port()
+        wiring.connect(m, execute.acc_wr, acc_wr)
+        wiring.connect(m, execute.acc_rd, self.accumulator.read_port(transparent_for=(acc_wr,)))
+        wiring.connect(m, store.acc_rd, self.accumulator.read_port())
+        wiring.connect(m, load.params, self.params.write_port())
+        wiring.connect(m, store.params_rd, self.params.read_port())
+
+        # Token semaphores: load -> execute -> store and back.
+        sems = {name: Signal(SEMAPHORE_BITS, name=f"sem_{name}")
+                for name in ("l2e", "e2l", "e2s", "s2e")}
+        incs = {"l2e": load.tokens.push[1], "e2l": execute.tokens.push[0],
+                "e2s": execute.tokens.push[1], "s2e": store.tokens.push[0]}
+        decs = {"l2e": execute.tokens.pop[0], "e2l": load.tokens.pop[1],
+                "e2s": store.tokens.pop[0], "s2e": execute.tokens.pop[1]}
+        for name, sem in sems.items():
+            with m.If(restart):
+                m.d.sync += sem.eq(0)
+            with m.Else():
+                m.d.sync += sem.eq(sem + incs[name] - decs[name])
+        m.d.comb += [
+            load.tokens.avail.eq(Cat(0, sems["e2l"] != 0)),
+            execute.tokens.avail.eq(Cat(sems["l2e"] != 0, sems["s2e"] != 0)),
+            store.tokens.avail.eq(Cat(sems["e2s"] != 0, 0)),
+        ]
+
+        # Memory port: the read channel is shared by fetch and load, arbitrated per burst
+        # (alternating when both ask, and held while a request waits for arready).
+        axi = self.axi
+        log2_bytes = exact_log2(B)
+        ar_sel = Signal()          # 0 fetch, 1 load
+        ar_held = Signal()
+        ar_last = Signal()
+        sel = Signal()
+        with m.If(ar_held):
+            m.d.comb += sel.eq(ar_sel)
+        with m.Else():
+            m.d.comb += sel.eq(load.bus.arvalid & (~fetch.bus.arvalid | ~ar_last))
+        m.d.sync += [ar_sel.eq(sel), ar_held.eq(axi.arvalid & ~axi.arready)]
+        with m.If(axi.arvalid & axi.arready):
+            m.d.sync += ar_last.eq(sel)
+        m.d.comb += [
+            axi.arid.eq(sel),
+            axi.araddr.eq(Mux(sel, load.bus.araddr, fetch.bus.araddr)),
+            axi.arlen.eq(Mux(sel, load.bus.arlen, fetch.bus.arlen)),
+            axi.arvalid.eq(Mux(sel, load.bus.arvalid, fetch.bus.arvalid)),
+            axi.arsize.eq(log2_bytes),
+            axi.arburst.eq(BURST_INCR),
+            fetch.bus.arready.eq(axi.arready & ~sel),
+            load.bus.arready.eq(axi.arready & sel),
+        ]
+        for unit, ident in ((fetch, AXI_ID_FETCH), (load, AXI_ID_LOAD)):
+            mine = axi.rid == ident
+            m.d.comb += [
+                unit.bus.rdata.eq(axi.rdata),
+                unit.bus.rresp.eq(axi.rresp),
+                unit.bus.rlast.eq(axi.rlast),
+                unit.bus.rvalid.eq(axi.rvalid & mine),
+            ]
+        m.d.comb += axi.rready.eq(Mux(axi.rid == AXI_ID_LOAD, load.bus.rready,
+                                      fetch.bus.rready))
+        m.d.comb += [
+            axi.awid.eq(0),
+            axi.awaddr.eq(store.bus.awaddr),
+            axi.awlen.eq(store.bus.awlen),
+            axi.awsize.eq(log2_bytes),
+            axi.awburst.eq(BURST_INCR),
+            axi.awvalid.eq(store.bus.awvalid),
+            store.bus.awready.eq(axi.awready),
+            axi.wdata.eq(store.bus.wdata),
+            axi.wstrb.eq(store.bus.wstrb),
+            axi.wlast.eq(store.bus.wlast),
+            axi.wvalid.eq(store.bus.wvalid),
+            store.bus.wready.eq(axi.wready),
+            store.bus.bresp.eq(axi.bresp),
+            store.bus.bvalid.eq(axi.bvalid),
+            axi.bready.eq(store.bus.bready),
+        ]
+
+        # Dispatch: take the next fetched instruction, check it, queue it for its unit.
+        ins = Signal(Instruction)
+        fault = Signal(fetch.o.payload.fault.shape())
+        halting = Signal()
+        bus_error = Signal()
+        all_idle = Signal()
+        m.d.comb += all_idle.eq(load.idle & execute.idle & store.idle & ~fetch.inflight
+                                & ~queues["load"].r_rdy & ~queues["execute"].r_rdy
+                                & ~queues["store"].r_rdy)
+        for unit in (load, execute, store):
+            m.d.comb += unit.abort.eq(halting)
+        # The units are held in reset during the restart cycle, so fetch starts the cycle after.
+        launch = Signal()
+        m.d.sync += launch.eq(restart & (self.ctrl.prog_addr[:exact_log2(INSTR_BYTES)] == 0))
+        m.d.comb += [
+            fetch.start.eq(launch),
+            fetch.pc0.eq(pc),
+            fetch.win_base.eq(win_base),
+            fetch.win_limit.eq(win_limit),
+        ]
+        with m.If(load.bus_error | store.bus_error):
+            m.d.sync += bus_error.eq(1)
+
+        check = _Checker(m, cfg, ins, win_base, win_limit)
+
+        barrier_wait = Signal()
+        m.d.comb += self.ctrl.barrier_arrived.eq(barrier_wait)
+
+        def fail(code):
+            m.d.sync += [error.eq(code), halting.eq(1)]
+            m.next = "HALT"
+
+        with m.FSM(name="dispatch"):
+            with m.State("STOPPED"):
+                with m.If(restart):
+                    m.d.sync += [
+                        win_base.eq(self.ctrl.win_base), win_limit.eq(self.ctrl.win_limit),
+                        pc.eq(self.ctrl.prog_addr), error.eq(ErrorCode.NONE),
+                        halting.eq(0), bus_error.eq(0),
+                    ]
+                    with m.If(self.ctrl.prog_addr[:exact_log2(INSTR_BYTES)] != 0):
+                        m.d.sync += [state.eq(CoreState.ERROR),
+                                     error.eq(ErrorCode.MISALIGNED)]
+                    with m.Else():
+                        m.d.sync += state.eq(CoreState.BUSY)
+                        m.next = "FETCH"
+            with m.State("FETCH"):
+                m.d.comb += fetch.o.ready.eq(1)
+                with m.If(bus_error):
+                    fail(ErrorCode.BUS_ERROR)
+                with m.Elif(fetch.o.valid):
+                    m.d.sync += [ins.eq(fetch.o.payload.instr), fault.eq(fetch.o.payload.fault)]
+                    m.next = "DECODE"
+            with m.State("DECODE"):
+                # The extents are registered here and compared in CHECK.
+                m.d.sync += check.register()
+                m.next = "CHECK"
+            with m.State("CHECK"):
+                with m.If(fault.window):
+                    fail(ErrorCode.DMA_WINDOW)
+                with m.Elif(fault.bus | bus_error):
+                    fail(ErrorCode.BUS_ERROR)
+                with m.Elif(~check.opcode_ok):
+                    fail(ErrorCode.ILLEGAL_OPCODE)
+                with m.Elif(~check.fields_ok):
+                    fail(ErrorCode.ILLEGAL_FIELD)
+                with m.Elif(~check.aligned):
+                    fail(ErrorCode.MISALIGNED)
+                with m.Elif(~check.inside):
+                    fail(ErrorCode.DMA_WINDOW)
+                with m.Else():
+                    m.next = "ISSUE"
+            with m.State("ISSUE"):
+                target = {
+                    Opcode.LOAD: "load", Opcode.LOADP: "load",
+                    Opcode.NOP: "execute", Opcode.LOADW: "execute", Opcode.MATMUL: "execute",
+                    Opcode.STORE: "store",
+                }
+                with m.Switch(ins.op):
+                    for op, name in target.items():
+                        with m.Case(op):
+                            queue = queues[name]
+                            m.d.comb += queue.w_data.eq(ins.as_value())
+                            with m.If(queue.w_rdy):
+                                m.d.comb += queue.w_en.eq(1)
+                                m.d.sync += pc.eq(pc + INSTR_BYTES)
+                                m.next = "FETCH"
+                    with m.Case(Opcode.BARRIER):
+                        m.next = "BARRIER_DRAIN"
+                    with m.Case(Opcode.END):
+                        m.next = "END_DRAIN"
+            with m.State("BARRIER_DRAIN"):
+                with m.If(bus_error):
+                    fail(ErrorCode.BUS_ERROR)
+                with m.Elif(all_idle & ~fetch.inflight):
+                    m.next = "BARRIER"
+            with m.State("BARRIER"):
+                m.d.comb += barrier_wait.eq(1)
+                with m.If(self.ctrl.barrier_release):
+                    m.d.sync += pc.eq(pc + INSTR_BYTES)
+                    m.next = "FETCH"
+            with m.State("END_DRAIN"):
+                m.d.comb += fetch.stop.eq(1)
+                with m.If(bus_error):
+                    fail(ErrorCode.BUS_ERROR)
+                with m.Elif(all_idle):
+                    m.d.sync += state.eq(CoreState.DONE)
+                    m.next = "STOPPED"
+            with m.State("HALT"):
+                m.d.comb += fetch.stop.eq(1)
+                # Accepted work finishes its bus transactions; queued work is dropped.
+                with m.If(all_idle):
+                    m.d.sync += [state.eq(CoreState.ERROR), halting.eq(0)]
+                    m.next = "STOPPED"
+
+        # Performance counters (cleared at start, counting while busy).
+        counters = self.ctrl.counters
+        busy = state == CoreState.BUSY
+        increments = {
+            "cycles": 1,
+            "array_busy": execute.vector,
+            "macs": Mux(execute.vector, cfg.rows * cfg.cols, 0),
+            "dma_read_bytes": Mux(load.beat, B, 0),
+            "dma_write_bytes": Mux(store.beat, B, 0),
+            "stall_memory": load.stall_memory | store.stall_memory,
+            "stall_dependency": (load.stall_dependency | execute.stall_dependency
+                                 | store.stall_dependency | barrier_wait),
+        }
+        for name, inc in increments.items():
+            counter = getattr(counters, name)
+            with m.If(restart):
+                m.d.sync += counter.eq(0)
+            with m.Elif(busy):
+                m.d.sync += counter.eq(counter + inc)
+        return m
+
+
+class _Checker:
+    """The dispatch-time checks of one instruction (see ErrorCode and isa.FIELD_LIMITS).
+
+    Extents are computed from the instruction register and registered (``register()``), so
+    the multiply for the last row's address has a cycle of its own.
+    """
+
+    def __init__(self, m, cfg, ins, win_base, win_limit):
+        B = cfg.bus_bytes
+        low = exact_log2(B)
+        op = ins.op.as_value()
+        d = ins.deps
+        ld, lp, lw, mm, st = (ins.body.load, ins.body.loadp, ins.body.loadw,
+                              ins.body.matmul, ins.body.store)
+
+        self.opcode_ok = Signal()
+        m.d.comb += self.opcode_ok.eq(op <= max(o.value for o in Opcode))
+
+        fields_ok = Signal()
+        aligned = Signal()
+        first = Signal(33)
+        last_row = Signal(64)    # address of the last row
+        row_extent = Signal(16)  # bytes touched per row, beat-rounded
+        dma = Signal()
+        sp_lines, acc_rows = cfg.sp_lines, cfg.acc_rows
+
+        def beats_bytes(nbytes):
+            return ((nbytes + (B - 1)) >> low) << low
+
+        with m.Switch(ins.op):
+            with m.Case(Opcode.LOAD):
+                m.d.comb += [
+                    fields_ok.eq((ld.rows != 0) & (ld.sp_addr + ld.rows <= sp_lines)
+                                 & (ld.row_bytes != 0) & (ld.row_bytes <= cfg.line_bytes)
+                                 & ~d.pop_prev & ~d.push_prev),
+                    aligned.eq((ld.addr[:low] == 0) & (ld.stride[:low] == 0)),
+                    dma.eq(1), first.eq(ld.addr),
+                    last_row.eq(ld.addr + (ld.rows - 1) * ld.stride),
+                    row_extent.eq(beats_bytes(ld.row_bytes)),
+                ]
+            with m.Case(Opcode.LOADP):
+                m.d.comb += [
+                    fields_ok.eq((lp.slot < cfg.param_slots) & ~d.pop_prev & ~d.push_prev),
+                    aligned.eq(lp.addr[:low] == 0),
+                    dma.eq(1), first.eq(lp.addr), last_row.eq(lp.addr),
+                    row_extent.eq(-(-param_slot_bytes(cfg.cols) // B) * B),
+                ]
+            with m.Case(Opcode.LOADW):
+                m.d.comb += [fields_ok.eq(lw.sp_addr + cfg.rows <= sp_lines), aligned.eq(1)]
+            with m.Case(Opcode.MATMUL):
+                m.d.comb += [
+                    fields_ok.eq((mm.rows != 0) & (mm.sp_addr + mm.rows <= sp_lines)
+                                 & (mm.acc_addr + mm.rows <= acc_rows)),
+                    aligned.eq(1),
+                ]
+            with m.Case(Opcode.STORE):
+                m.d.comb += [
+                    fields_ok.eq((st.rows != 0) & (st.acc_addr + st.rows <= acc_rows)
+                                 & (st.cols != 0) & (st.cols <= cfg.cols)
+                                 & (st.slot < cfg.param_slots) & ~d.pop_next & ~d.push_next),
+                    aligned.eq((st.addr[:low] == 0) & (st.stride[:low] == 0)),
+                    dma.eq(1), first.eq(st.addr),
+                    last_row.eq(st.addr + (st.rows - 1) * st.stride),
+                    row_extent.eq(beats_bytes(Mux(st.raw, st.cols << 2, st.cols))),
+                ]
+            with m.Default():
+                m.d.comb += [fields_ok.eq(1), aligned.eq(1)]
+        self.fields_ok = fields_ok
+        self.aligned = aligned
+
+        self._first = first
+        self._end = Signal(65)
+        self._dma = dma
+        self._end_next = last_row + row_extent
+        self.inside = Signal()
+        self._first_r = Signal(33)
+        self._dma_r = Signal()
+        m.d.comb += self.inside.eq(~self._dma_r | ((self._first_r >= win_base)
+                                                   & (self._end <= win_limit)))
+
+    def register(self):
+        return [self._end.eq(self._end_next), self._first_r.eq(self._first),
+                self._dma_r.eq(self._dma)]

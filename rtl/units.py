@@ -1,0 +1,752 @@
+"""The units of a core: instruction fetch, load, execute and store.
+
+Each unit is a ``wiring.Component``; ``core.py`` joins them to the memories, the token
+semaphores and the memory bus. See docs/architecture.md for the timing of each unit.
+"""
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import ReadPort, WritePort
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2, exact_log2
+
+from .config import NPUConfig
+from .isa import INSTR_BITS, INSTR_BYTES, Instruction, Opcode, param_slot_bytes
+from .requant import Requantiser
+from .systolic import SystolicArray
+
+__all__ = ["FetchFault", "FetchUnit", "LoadUnit", "ExecuteUnit", "StoreUnit",
+           "ParamLayout", "AccTag", "TokenSignature", "ReadManagerSignature",
+           "WriteManagerSignature"]
+
+
+class FetchFault(data.Struct):
+    """Why a fetched entry carries no instruction."""
+    window: 1     # the instruction lies (partly) outside the DMA window
+    bus: 1        # the memory answered with an error
+
+
+def ParamLayout(cols):
+    """One requantisation parameter slot. Its bit layout is exactly the little-endian byte
+    layout LOADP reads from memory, so a slot is the first bits of the received beats."""
+    return data.StructLayout({
+        "bias": data.ArrayLayout(signed(32), cols),
+        "multiplier": data.ArrayLayout(signed(32), cols),
+        "shift": data.ArrayLayout(signed(8), cols),
+        "zero_point": signed(8),
+        "act_min": signed(8),
+        "act_max": signed(8),
+    })
+
+
+def AccTag(config):
+    """Travels with each vector through the array: where its result goes."""
+    return data.StructLayout({
+        "addr": unsigned(ceil_log2(config.acc_rows)),
+        "accumulate": unsigned(1),
+    })
+
+
+class TokenSignature(wiring.Signature):
+    """From a unit to the semaphores: ``avail`` (bit 0 previous, bit 1 next neighbour) says a
+    token can be popped; ``pop`` / ``push`` are one-cycle pulses."""
+
+    def __init__(self):
+        super().__init__({"avail": In(2), "pop": Out(2), "push": Out(2)})
+
+
+class ReadManagerSignature(wiring.Signature):
+    """The read half of an AXI4 manager (AR and R channels), without an ID."""
+
+    def __init__(self, config):
+        super().__init__({
+            "araddr": Out(config.addr_width), "arlen": Out(8), "arvalid": Out(1),
+            "arready": In(1),
+            "rdata": In(config.bus_width), "rresp": In(2), "rlast": In(1), "rvalid": In(1),
+            "rready": Out(1),
+        })
+
+
+class WriteManagerSignature(wiring.Signature):
+    """The write half of an AXI4 manager (AW, W and B channels), without an ID."""
+
+    def __init__(self, config):
+        super().__init__({
+            "awaddr": Out(config.addr_width), "awlen": Out(8), "awvalid": Out(1),
+            "awready": In(1),
+            "wdata": Out(config.bus_width), "wstrb": Out(config.bus_bytes), "wlast": Out(1),
+            "wvalid": Out(1), "wready": In(1),
+            "bresp": In(2), "bvalid": In(1), "bready": Out(1),
+        })
+
+
+def _check_config(config):
+    if not isinstance(config, NPUConfig):
+        raise TypeError(f"config must be an NPUConfig, not {config!r}")
+
+
+def _burst_len(m, config, addr, beats_left):
+    """Beats of the next burst: what is left of the row, cut at the 4 KB boundary AXI forbids
+    a burst to cross, and at 256 beats."""
+    shift = exact_log2(config.bus_bytes)
+    to_boundary = Signal(range(4096 // config.bus_bytes + 1))
+    m.d.comb += to_boundary.eq((4096 - addr[:12]) >> shift)
+    fit = Signal(range(4096 + 1))
+    m.d.comb += fit.eq(Mux(beats_left < to_boundary, beats_left, to_boundary))
+    beats = Signal(range(257))
+    m.d.comb += beats.eq(Mux(fit > 256, 256, fit))
+    return beats
+
+
+class _BurstGenerator(wiring.Component):
+    """Walks a 2-D transfer (rows of ``beats_per_row`` beats, ``stride`` bytes apart) and
+    issues one address handshake per burst.
+
+    ``start`` loads the transfer; ``valid`` / ``ready`` / ``addr`` / ``len`` (AXI encoding,
+    beats - 1) form the address channel; ``busy`` stays high until the last burst is taken.
+    """
+
+    def __init__(self, config):
+        self._config = config
+        super().__init__({
+            "start": In(1), "addr0": In(32), "stride": In(24), "rows": In(16),
+            "beats_per_row": In(16),
+            "valid": Out(1), "ready": In(1), "addr": Out(32), "len": Out(8),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        rows_left = Signal(16)
+        beats_left = Signal(16)
+        row_addr = Signal(32)
+        addr = Signal(32)
+        beats_per_row = Signal(16)
+        stride = Signal(24)
+        beats = _burst_len(m, self._config, addr, beats_left)
+        m.d.comb += [
+            self.busy.eq(rows_left != 0),
+            self.valid.eq(rows_left != 0),
+            self.addr.eq(addr),
+            self.len.eq(beats - 1),
+        ]
+        with m.If(self.start):
+            m.d.sync += [
+                rows_left.eq(self.rows), beats_left.eq(self.beats_per_row),
+                row_addr.eq(self.addr0), addr.eq(self.addr0),
+                beats_per_row.eq(self.beats_per_row), stride.eq(self.stride),
+            ]
+        with m.Elif(self.valid & self.ready):
+            with m.If(beats_left == beats):
+                m.d.sync += [
+                    rows_left.eq(rows_left - 1),
+                    beats_left.eq(beats_per_row),
+                    row_addr.eq(row_addr + stride),
+                    addr.eq(row_addr + stride),
+                ]
+            with m.Else():
+                m.d.sync += [
+                    beats_left.eq(beats_left - beats),
+                    addr.eq(addr + (beats << exact_log2(self._config.bus_bytes))),
+                ]
+        return m
+
+
+class FetchUnit(wiring.Component):
+    """Prefetches instructions into a small queue, one burst per instruction.
+
+    It never reads outside the DMA window: at the first instruction that does not lie inside
+    it, it queues an entry marked ``fault.window`` and stops. ``stop`` ends prefetching (the
+    core is halting); ``inflight`` stays high until every read issued has returned.
+    """
+
+    DEPTH = 4
+
+    def __init__(self, config):
+        _check_config(config)
+        self._config = config
+        super().__init__({
+            "start": In(1), "stop": In(1), "pc0": In(32),
+            "win_base": In(32), "win_limit": In(32),
+            "bus": Out(ReadManagerSignature(config)),
+            "o": Out(stream.Signature(data.StructLayout({
+                "instr": INSTR_BITS, "fault": FetchFault}))),
+            "inflight": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        beats = max(1, INSTR_BYTES // cfg.bus_bytes)
+        m.submodules.queue = queue = SyncFIFOBuffered(
+            width=len(self.o.payload.as_value()), depth=self.DEPTH)
+        m.d.comb += [
+            self.o.payload.eq(queue.r_data),
+            self.o.valid.eq(queue.r_rdy),
+            queue.r_en.eq(self.o.ready),
+        ]
+
+        addr = Signal(32)
+        active = Signal()
+        outstanding = Signal(range(self.DEPTH + 1))
+        m.d.comb += self.inflight.eq(outstanding != 0)
+
+        inside = Signal()
+        m.d.comb += inside.eq((addr >= self.win_base)
+                              & (addr + INSTR_BYTES <= self.win_limit)
+                              & (addr <= 0xFFFF_FFFF - INSTR_BYTES))
+        room = Signal()
+        m.d.comb += room.eq(queue.level + outstanding < self.DEPTH)
+
+        issue = Signal()
+        m.d.comb += [
+            self.bus.araddr.eq(addr),
+            self.bus.arlen.eq(beats - 1),
+            self.bus.arvalid.eq(active & ~self.stop & inside & room),
+            issue.eq(self.bus.arvalid & self.bus.arready),
+            self.bus.rready.eq(1),
+        ]
+
+        # Beats arrive lowest address first: shift each in at the top.
+        buf = Signal(INSTR_BITS)
+        got = Signal(INSTR_BITS)
+        m.d.comb += got.eq(Cat(buf, self.bus.rdata)[-INSTR_BITS:])
+        bus_err = Signal()
+        retire = Signal()
+        m.d.comb += retire.eq(self.bus.rvalid & self.bus.rlast)
+        with m.If(self.bus.rvalid):
+            m.d.sync += buf.eq(got)
+            with m.If(self.bus.rresp != 0):
+                m.d.sync += bus_err.eq(1)
+            with m.If(self.bus.rlast):
+                m.d.sync += bus_err.eq(0)
+
+        fault_entry = Signal()
+        m.d.comb += fault_entry.eq(active & ~self.stop & ~inside & (outstanding == 0) & room)
+
+        with m.If(retire):
+            m.d.comb += [
+                queue.w_en.eq(1),
+                queue.w_data.eq(Cat(got, Const(0, 1),
+                                    bus_err | (self.bus.rresp != 0))),
+            ]
+        with m.Elif(fault_entry):
+            m.d.comb += [
+                queue.w_en.eq(1),
+                queue.w_data.eq(Cat(Const(0, INSTR_BITS), Const(1, 1), Const(0, 1))),
+            ]
+            m.d.sync += active.eq(0)
+
+        m.d.sync += outstanding.eq(outstanding + issue - retire)
+        with m.If(issue):
+            m.d.sync += addr.eq(addr + INSTR_BYTES)
+        with m.If(self.start):
+            m.d.sync += [addr.eq(self.pc0), active.eq(1)]
+        return m
+
+
+class _TokenWait:
+    """Shared by the units: wait for the tokens an instruction pops, then pop them."""
+
+    @staticmethod
+    def ready(deps, tokens):
+        need_prev = deps.pop_prev
+        need_next = deps.pop_next
+        return (~need_prev | tokens.avail[0]) & (~need_next | tokens.avail[1])
+
+    @staticmethod
+    def pop(m, deps, tokens):
+        m.d.comb += tokens.pop.eq(Cat(deps.pop_prev, deps.pop_next))
+
+    @staticmethod
+    def push(m, deps, tokens):
+        m.d.comb += tokens.push.eq(Cat(deps.push_prev, deps.push_next))
+
+
+class LoadUnit(wiring.Component):
+    """LOAD and LOADP: 2-D strided reads from memory into scratchpad lines or a parameter slot.
+
+    Address bursts are issued back to back while data returns (reads are pipelined); each
+    returned beat is written the same cycle it arrives.
+    """
+
+    def __init__(self, config):
+        _check_config(config)
+        self._config = config
+        L = config.line_bytes
+        self.param_layout = ParamLayout(config.cols)
+        super().__init__({
+            "cmd": In(stream.Signature(Instruction)),
+            "abort": In(1),
+            "tokens": Out(TokenSignature()),
+            "bus": Out(ReadManagerSignature(config)),
+            "sp": In(WritePort.Signature(addr_width=ceil_log2(config.sp_lines),
+                                         shape=data.ArrayLayout(8, L), granularity=1)),
+            "params": In(WritePort.Signature(addr_width=ceil_log2(config.param_slots),
+                                             shape=self.param_layout)),
+            "idle": Out(1),
+            "beat": Out(1),          # a data beat arrived (for the byte counter)
+            "stall_memory": Out(1),
+            "stall_dependency": Out(1),
+            "bus_error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        B = cfg.bus_bytes
+        L = cfg.line_bytes
+        m.submodules.bursts = bursts = _BurstGenerator(cfg)
+
+        ins = Signal(Instruction)
+        is_param = Signal()
+        rows = Signal(16)
+        beats_per_row = Signal(16)
+        r_row = Signal(16)
+        r_beat = Signal(16)
+        param_beats = -(-param_slot_bytes(cfg.cols) // B)
+
+        m.d.comb += [
+            self.bus.araddr.eq(bursts.addr),
+            self.bus.arlen.eq(bursts.len),
+            self.bus.arvalid.eq(bursts.valid),
+            bursts.ready.eq(self.bus.arready),
+            self.bus.rready.eq(1),
+            self.beat.eq(self.bus.rvalid),
+            self.bus_error.eq(self.bus.rvalid & (self.bus.rresp != 0)),
+        ]
+
+        # Scratchpad write of a beat: beat 0 of a row writes the whole line (zeros past
+        # row_bytes), later beats their own bytes.
+        row_bytes = ins.body.load.row_bytes
+        sp_write = Signal()
+        for k in range(L):
+            mine = r_beat == k // B
+            m.d.comb += [
+                self.sp.data[k].eq(Mux(mine & (k < row_bytes),
+                                       self.bus.rdata.word_select(k % B, 8), 0)),
+                self.sp.en[k].eq(sp_write & ((r_beat == 0) | mine)),
+            ]
+        sp_base = ins.body.load.sp_addr
+        m.d.comb += self.sp.addr.eq(sp_base + r_row)
+
+        pbuf = Signal(param_beats * B * 8)
+        pgot = Signal(param_beats * B * 8)
+        m.d.comb += [
+            pgot.eq(Cat(pbuf, self.bus.rdata)[-param_beats * B * 8:]),
+            self.params.addr.eq(ins.body.loadp.slot),
+            self.params.data.eq(pgot[:len(self.params.data.as_value())]),
+        ]
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += [self.idle.eq(~self.cmd.valid), self.cmd.ready.eq(1)]
+                with m.If(self.cmd.valid & ~self.abort):
+                    m.d.sync += ins.eq(self.cmd.payload)
+                    m.next = "WAIT"
+            with m.State("WAIT"):
+                with m.If(self.abort):
+                    m.next = "IDLE"
+                with m.Elif(_TokenWait.ready(ins.deps, self.tokens)):
+                    _TokenWait.pop(m, ins.deps, self.tokens)
+                    load = ins.body.load
+                    loadp = ins.body.loadp
+                    with m.If(ins.op == Opcode.LOADP):
+                        m.d.comb += [
+                            bursts.addr0.eq(loadp.addr), bursts.stride.eq(0),
+                            bursts.rows.eq(1), bursts.beats_per_row.eq(param_beats),
+                        ]
+                        m.d.sync += [is_param.eq(1), rows.eq(1),
+                                     beats_per_row.eq(param_beats)]
+                    with m.Else():
+                        bpr = (load.row_bytes + (B - 1)) >> exact_log2(B)
+                        m.d.comb += [
+                            bursts.addr0.eq(load.addr), bursts.stride.eq(load.stride),
+                            bursts.rows.eq(load.rows), bursts.beats_per_row.eq(bpr),
+                        ]
+                        m.d.sync += [is_param.eq(0), rows.eq(load.rows),
+                                     beats_per_row.eq(bpr)]
+                    m.d.comb += bursts.start.eq(1)
+                    m.d.sync += [r_row.eq(0), r_beat.eq(0)]
+                    m.next = "RUN"
+                with m.Else():
+                    m.d.comb += self.stall_dependency.eq(1)
+            with m.State("RUN"):
+                m.d.comb += self.stall_memory.eq(~self.bus.rvalid)
+                with m.If(self.bus.rvalid):
+                    last_beat = r_beat == beats_per_row - 1
+                    m.d.sync += r_beat.eq(Mux(last_beat, 0, r_beat + 1))
+                    with m.If(is_param):
+                        m.d.sync += pbuf.eq(pgot)
+                        with m.If(last_beat):
+                            m.d.comb += self.params.en.eq(1)
+                    with m.Else():
+                        m.d.comb += sp_write.eq(1)
+                    with m.If(last_beat):
+                        m.d.sync += r_row.eq(r_row + 1)
+                        with m.If(r_row == rows - 1):
+                            m.next = "FINISH"
+            with m.State("FINISH"):
+                _TokenWait.push(m, ins.deps, self.tokens)
+                m.next = "IDLE"
+
+        return m
+
+
+class ExecuteUnit(wiring.Component):
+    """LOADW, MATMUL and NOP: feeds the systolic array from the scratchpad and writes its
+    results into the accumulator.
+
+    Two engines run side by side: the weight engine loads the idle bank (one row per cycle)
+    while the activation engine streams the current bank (one vector per cycle), so weights
+    for the next tile load during the current one. A MATMUL waits for the LOADW before it.
+    Results are written back by read-modify-write, one row per cycle; the accumulator read is
+    transparent, so back-to-back updates of one row see each other.
+    """
+
+    def __init__(self, config):
+        _check_config(config)
+        self._config = config
+        L = config.line_bytes
+        sp_sig = dict(addr_width=ceil_log2(config.sp_lines), shape=data.ArrayLayout(8, L))
+        acc_sig = dict(addr_width=ceil_log2(config.acc_rows),
+                       shape=data.ArrayLayout(signed(32), config.cols))
+        super().__init__({
+            "cmd": In(stream.Signature(Instruction)),
+            "abort": In(1),
+            "tokens": Out(TokenSignature()),
+            "sp_w": In(ReadPort.Signature(**sp_sig)),
+            "sp_a": In(ReadPort.Signature(**sp_sig)),
+            "acc_rd": In(ReadPort.Signature(**acc_sig)),
+            "acc_wr": In(WritePort.Signature(**acc_sig)),
+            "idle": Out(1),
+            "vector": Out(1),        # a vector entered the array this cycle
+            "stall_dependency": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        R, C = cfg.rows, cfg.cols
+        m.submodules.array = array = SystolicArray(cfg, tag_shape=AccTag(cfg))
+        m.d.comb += array.o.ready.eq(1)
+
+        ins = Signal(Instruction)
+        cur_bank = Signal()
+
+        # Weight engine: R lines -> array.w, one row per cycle when the bank is free.
+        w_left = Signal(range(R + 1))
+        w_addr = Signal(len(self.sp_w.addr))
+        w_row = Signal(range(R))
+        w_bank = Signal()
+        w_s1 = Signal()           # a line is on the read port's output
+        w_s1_row = Signal(range(R))
+        w_adv = Signal()
+        m.d.comb += [
+            w_adv.eq(~w_s1 | array.w.ready),
+            self.sp_w.en.eq(w_adv),
+            self.sp_w.addr.eq(w_addr),
+            array.w.valid.eq(w_s1),
+            array.w.p.row.eq(w_s1_row),
+            array.w.p.bank.eq(w_bank),
+        ]
+        for j in range(C):
+            m.d.comb += array.w.p.data[j].eq(self.sp_w.data[j])
+        with m.If(w_adv):
+            m.d.sync += [w_s1.eq(w_left != 0), w_s1_row.eq(w_row)]
+            with m.If(w_left != 0):
+                m.d.sync += [w_left.eq(w_left - 1), w_addr.eq(w_addr + 1), w_row.eq(w_row + 1)]
+        w_busy = Signal()
+        m.d.comb += w_busy.eq((w_left != 0) | w_s1)
+
+        # Activation engine: rows lines -> array.a with the current bank and the tag.
+        a_left = Signal(16)
+        a_addr = Signal(len(self.sp_a.addr))
+        a_acc = Signal(ceil_log2(cfg.acc_rows))
+        a_accumulate = Signal()
+        a_bank = Signal()         # latched per MATMUL: a later LOADW flips cur_bank
+        a_s1 = Signal()
+        a_s1_bank = Signal()
+        a_s1_tag = Signal(AccTag(cfg))
+        a_adv = Signal()
+        m.d.comb += [
+            a_adv.eq(~a_s1 | array.a.ready),
+            self.sp_a.en.eq(a_adv),
+            self.sp_a.addr.eq(a_addr),
+            array.a.valid.eq(a_s1),
+            array.a.p.bank.eq(a_s1_bank),
+            array.a.p.tag.eq(a_s1_tag),
+            self.vector.eq(array.a.valid & array.a.ready),
+        ]
+        for i in range(R):
+            m.d.comb += array.a.p.data[i].eq(self.sp_a.data[i])
+        with m.If(a_adv):
+            m.d.sync += [
+                a_s1.eq(a_left != 0),
+                a_s1_bank.eq(a_bank),
+                a_s1_tag.addr.eq(a_acc),
+                a_s1_tag.accumulate.eq(a_accumulate),
+            ]
+            with m.If(a_left != 0):
+                m.d.sync += [a_left.eq(a_left - 1), a_addr.eq(a_addr + 1), a_acc.eq(a_acc + 1)]
+        a_busy = Signal()
+        m.d.comb += a_busy.eq((a_left != 0) | a_s1)
+
+        # Write-back: read the row at the array's output, add, write one cycle later.
+        wb_valid = Signal()
+        wb_addr = Signal.like(self.acc_wr.addr)
+        wb_accumulate = Signal()
+        wb_data = Signal(data.ArrayLayout(signed(32), C))
+        m.d.comb += [
+            self.acc_rd.addr.eq(array.o.p.tag.addr),
+            self.acc_rd.en.eq(array.o.valid),
+            self.acc_wr.addr.eq(wb_addr),
+            self.acc_wr.en.eq(wb_valid),
+        ]
+        for j in range(C):
+            m.d.comb += self.acc_wr.data[j].eq(
+                Mux(wb_accumulate, self.acc_rd.data[j], 0) + wb_data[j])
+        m.d.sync += [
+            wb_valid.eq(array.o.valid),
+            wb_addr.eq(array.o.p.tag.addr),
+            wb_accumulate.eq(array.o.p.tag.accumulate),
+            wb_data.eq(array.o.p.data),
+        ]
+        drained = Signal()
+        m.d.comb += drained.eq(~a_busy & (array.bank_busy == 0) & ~wb_valid)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += [self.idle.eq(~self.cmd.valid & ~w_busy & drained),
+                             self.cmd.ready.eq(1)]
+                with m.If(self.cmd.valid & ~self.abort):
+                    m.d.sync += ins.eq(self.cmd.payload)
+                    m.next = "WAIT"
+            with m.State("WAIT"):
+                with m.If(self.abort):
+                    m.next = "IDLE"
+                with m.Elif(_TokenWait.ready(ins.deps, self.tokens)):
+                    _TokenWait.pop(m, ins.deps, self.tokens)
+                    m.next = "EXEC"
+                with m.Else():
+                    m.d.comb += self.stall_dependency.eq(1)
+            with m.State("EXEC"):
+                has_push = ins.deps.push_prev | ins.deps.push_next
+                with m.Switch(ins.op):
+                    with m.Case(Opcode.LOADW):
+                        with m.If(~w_busy):
+                            m.d.sync += [
+                                w_left.eq(R), w_addr.eq(ins.body.loadw.sp_addr), w_row.eq(0),
+                                w_bank.eq(~cur_bank), cur_bank.eq(~cur_bank),
+                            ]
+                            m.next = "LOADW_WAIT"
+                    with m.Case(Opcode.MATMUL):
+                        # The weights this MATMUL needs must be in; the previous MATMUL must
+                        # have issued all its vectors (one activation engine).
+                        with m.If(~w_busy & (a_left == 0)):
+                            mm = ins.body.matmul
+                            m.d.sync += [
+                                a_left.eq(mm.rows), a_addr.eq(mm.sp_addr),
+                                a_acc.eq(mm.acc_addr), a_accumulate.eq(mm.accumulate),
+                                a_bank.eq(cur_bank),
+                            ]
+                            m.next = "STREAM"
+                    with m.Default():
+                        m.next = "FINISH"
+            with m.State("LOADW_WAIT"):
+                # Without pushes the next instruction may start while the rows load.
+                has_push = ins.deps.push_prev | ins.deps.push_next
+                with m.If(~has_push | ~w_busy):
+                    m.next = "FINISH"
+            with m.State("STREAM"):
+                # Without pushes the stream runs on while the next instruction (typically the
+                # next tile's LOADW) starts.
+                has_push = ins.deps.push_prev | ins.deps.push_next
+                with m.If(~has_push):
+                    m.next = "FINISH"
+                with m.Elif(~a_busy):
+                    with m.If(ins.deps.push_next):
+                        m.next = "DRAIN"
+                    with m.Else():
+                        m.next = "FINISH"
+            with m.State("DRAIN"):
+                # The store unit may read these rows only once they are written.
+                with m.If(drained):
+                    m.next = "FINISH"
+            with m.State("FINISH"):
+                _TokenWait.push(m, ins.deps, self.tokens)
+                m.next = "IDLE"
+        return m
+
+
+class StoreUnit(wiring.Component):
+    """STORE: accumulator rows -> requantiser (or raw int32) -> memory.
+
+    Rows are read one per cycle while a credit is free in the row queue, requantised in a
+    fixed-latency pipeline, and written as one burst per row (cut at 4 KB boundaries) with byte
+    strobes for the ``cols`` lanes. Write data never precedes its address.
+    """
+
+    ROW_QUEUE = 4
+
+    def __init__(self, config):
+        _check_config(config)
+        self._config = config
+        super().__init__({
+            "cmd": In(stream.Signature(Instruction)),
+            "abort": In(1),
+            "tokens": Out(TokenSignature()),
+            "acc_rd": In(ReadPort.Signature(addr_width=ceil_log2(config.acc_rows),
+                                            shape=data.ArrayLayout(signed(32), config.cols))),
+            "params_rd": In(ReadPort.Signature(addr_width=ceil_log2(config.param_slots),
+                                               shape=ParamLayout(config.cols))),
+            "bus": Out(WriteManagerSignature(config)),
+            "idle": Out(1),
+            "beat": Out(1),
+            "stall_memory": Out(1),
+            "stall_dependency": Out(1),
+            "bus_error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        B, C = cfg.bus_bytes, cfg.cols
+        row_beats_max = -(-4 * C // B)
+        row_bits = row_beats_max * B * 8
+
+        m.submodules.requant = rq = Requantiser(cfg, lanes=C)
+        m.submodules.rows = rowq = SyncFIFOBuffered(width=row_bits, depth=self.ROW_QUEUE)
+        m.submodules.lens = lenq = SyncFIFOBuffered(width=8, depth=8)
+        m.submodules.bursts = bursts = _BurstGenerator(cfg)
+
+        ins = Signal(Instruction)
+        st = ins.body.store
+        nbytes = Signal(16)
+        beats_per_row = Signal(16)
+        m.d.comb += [
+            nbytes.eq(Mux(st.raw, st.cols << 2, st.cols)),
+            beats_per_row.eq((nbytes + (B - 1)) >> exact_log2(B)),
+        ]
+
+        running = Signal()
+        rows_issued = Signal(16)
+        rows_done = Signal(16)
+        in_flight = Signal(range(self.ROW_QUEUE + 1))
+        outstanding_b = Signal(16)
+
+        # Accumulator read stage.
+        s1 = Signal()
+        s1_taken = Signal()
+        m.d.comb += s1_taken.eq(s1 & Mux(st.raw, rowq.w_rdy, rq.i.ready))
+        adv = Signal()
+        m.d.comb += adv.eq(~s1 | s1_taken)
+        issue = Signal()
+        m.d.comb += [
+            issue.eq(running & (rows_issued != st.rows)
+                     & (in_flight + rowq.level < self.ROW_QUEUE) & adv),
+            self.acc_rd.addr.eq(st.acc_addr + rows_issued),
+            self.acc_rd.en.eq(adv),
+            self.params_rd.addr.eq(st.slot),
+        ]
+        with m.If(adv):
+            m.d.sync += s1.eq(issue)
+        with m.If(issue):
+            m.d.sync += rows_issued.eq(rows_issued + 1)
+
+        prm = self.params_rd.data
+        m.d.comb += [
+            rq.i.valid.eq(s1 & ~st.raw),
+            rq.i.p.zero_point.eq(prm.zero_point),
+            rq.i.p.act_min.eq(prm.act_min),
+            rq.i.p.act_max.eq(prm.act_max),
+            rq.o.ready.eq(rowq.w_rdy),
+        ]
+        for j in range(C):
+            m.d.comb += [
+                rq.i.p.acc[j].eq(self.acc_rd.data[j]),
+                rq.i.p.bias[j].eq(prm.bias[j]),
+                rq.i.p.multiplier[j].eq(prm.multiplier[j]),
+                rq.i.p.shift[j].eq(prm.shift[j]),
+            ]
+        with m.If(st.raw):
+            m.d.comb += [rowq.w_en.eq(s1_taken),
+                         rowq.w_data.eq(self.acc_rd.data.as_value())]
+        with m.Else():
+            m.d.comb += [rowq.w_en.eq(rq.o.valid), rowq.w_data.eq(rq.o.p.as_value())]
+        m.d.sync += in_flight.eq(in_flight + issue - (rowq.w_en & rowq.w_rdy))
+
+        # Address channel: one burst per row (or per 4 KB piece of it).
+        m.d.comb += [
+            self.bus.awaddr.eq(bursts.addr),
+            self.bus.awlen.eq(bursts.len),
+            self.bus.awvalid.eq(bursts.valid & lenq.w_rdy),
+            bursts.ready.eq(self.bus.awready & lenq.w_rdy),
+            lenq.w_en.eq(self.bus.awvalid & self.bus.awready),
+            lenq.w_data.eq(bursts.len),
+        ]
+
+        # Data channel.
+        w_beat = Signal(16)
+        w_in_burst = Signal(8)
+        for j in range(B):
+            m.d.comb += self.bus.wstrb[j].eq((w_beat << exact_log2(B)) + j < nbytes)
+        m.d.comb += [
+            self.bus.wdata.eq(rowq.r_data.word_select(w_beat[:max(1, ceil_log2(row_beats_max))],
+                                                      B * 8)),
+            self.bus.wvalid.eq(rowq.r_rdy & lenq.r_rdy),
+            self.bus.wlast.eq(w_in_burst == lenq.r_data),
+            self.beat.eq(self.bus.wvalid & self.bus.wready),
+        ]
+        with m.If(self.bus.wvalid & self.bus.wready):
+            with m.If(self.bus.wlast):
+                m.d.comb += lenq.r_en.eq(1)
+                m.d.sync += w_in_burst.eq(0)
+            with m.Else():
+                m.d.sync += w_in_burst.eq(w_in_burst + 1)
+            with m.If(w_beat == beats_per_row - 1):
+                m.d.comb += rowq.r_en.eq(1)
+                m.d.sync += [w_beat.eq(0), rows_done.eq(rows_done + 1)]
+            with m.Else():
+                m.d.sync += w_beat.eq(w_beat + 1)
+
+        m.d.comb += [
+            self.bus.bready.eq(1),
+            self.bus_error.eq(self.bus.bvalid & (self.bus.bresp != 0)),
+            self.stall_memory.eq((self.bus.awvalid & ~self.bus.awready)
+                                 | (self.bus.wvalid & ~self.bus.wready)),
+        ]
+        m.d.sync += outstanding_b.eq(outstanding_b + (self.bus.awvalid & self.bus.awready)
+                                     - self.bus.bvalid)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += [self.idle.eq(~self.cmd.valid & (outstanding_b == 0)),
+                             self.cmd.ready.eq(1)]
+                with m.If(self.cmd.valid & ~self.abort):
+                    m.d.sync += ins.eq(self.cmd.payload)
+                    m.next = "WAIT"
+            with m.State("WAIT"):
+                with m.If(self.abort):
+                    m.next = "IDLE"
+                with m.Elif(_TokenWait.ready(ins.deps, self.tokens)):
+                    _TokenWait.pop(m, ins.deps, self.tokens)
+                    m.d.comb += [
+                        bursts.start.eq(1), bursts.addr0.eq(st.addr),
+                        bursts.stride.eq(st.stride), bursts.rows.eq(st.rows),
+                        bursts.beats_per_row.eq(beats_per_row),
+                    ]
+                    m.d.sync += [running.eq(1), rows_issued.eq(0), rows_done.eq(0),
+                                 w_beat.eq(0)]
+                    m.next = "RUN"
+                with m.Else():
+                    m.d.comb += self.stall_dependency.eq(1)
+            with m.State("RUN"):
+                with m.If(rows_done == st.rows):
+                    m.d.sync += running.eq(0)
+                    m.next = "FINISH"
+            with m.State("FINISH"):
+                _TokenWait.push(m, ins.deps, self.tokens)
+                m.next = "IDLE"
+        return m
