@@ -15,7 +15,7 @@ COUNTERS = (
     "cycles",            # cycles from start to done / error
     "array_busy",        # cycles a vector entered the systolic array
     "macs",              # multiply-accumulates issued (array rows x cols per vector entered)
-    "dma_read_bytes",    # bytes read from external memory (fetch, LOAD, LOADP)
+    "dma_read_bytes",    # bytes read by LOAD and LOADP (instruction fetch is not counted)
     "dma_write_bytes",   # bytes written to external memory (STORE)
     "stall_memory",      # cycles a unit had work but waited on the memory bus
     "stall_dependency",  # cycles a unit had an instruction but waited for a token / barrier

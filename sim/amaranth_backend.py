@@ -1,0 +1,107 @@
+"""Run programs on the NPU gateware in the Amaranth simulator.
+
+The host side behaves like the real driver: it writes the control registers over AXI4-Lite,
+starts the cores, waits for the interrupt and reads status and counters back. External memory
+is the AXI4 model of ``axi_mem.py``.
+"""
+
+import numpy as np
+
+from npu.rtl.control import COUNTERS, RegisterMap
+from npu.rtl.isa import CoreState, ErrorCode
+from npu.rtl.top import NPU
+
+from .amaranth_sim import run_simulation
+from .axi_mem import AXI4Memory
+from .axil import axil_read, axil_write
+from .backend import CoreResult, NPUTimeout, RunResult, check_run_arguments
+
+__all__ = ["AmaranthBackend"]
+
+
+class AmaranthBackend:
+    """Cycle-exact runs of ``NPU(config)``.
+
+    Parameters
+    ----------
+    config : NPUConfig
+    latency : int
+        Memory latency in cycles (address handshake to first data beat).
+    bytes_per_cycle : int
+        Memory bandwidth per direction.
+    """
+
+    name = "amaranth"
+
+    def __init__(self, config, *, latency=8, bytes_per_cycle=8):
+        self.config = config
+        self.latency = latency
+        self.bytes_per_cycle = bytes_per_cycle
+
+    def run(self, memory, programs, windows=None, *, max_cycles=1_000_000, progress=None):
+        programs, windows = check_run_arguments(self.config, memory, programs, windows)
+        dut = NPU(self.config)
+        mem = AXI4Memory(dut.axi, size=len(memory), latency=self.latency,
+                         bytes_per_cycle=self.bytes_per_cycle, image=memory)
+        n = len(programs)
+        out = {}
+
+        async def host(ctx):
+            bus = dut.csr
+            all_bits = (1 << n) - 1
+            await axil_write(ctx, bus, RegisterMap.IRQ_ENABLE, all_bits)
+            for i, (prog, (base, limit)) in enumerate(zip(programs, windows)):
+                await axil_write(ctx, bus, RegisterMap.core(i, RegisterMap.PROG_ADDR), prog)
+                await axil_write(ctx, bus, RegisterMap.core(i, RegisterMap.WIN_BASE), base)
+                await axil_write(ctx, bus, RegisterMap.core(i, RegisterMap.WIN_LIMIT), limit)
+            for i in range(n):
+                await axil_write(ctx, bus, RegisterMap.core(i, RegisterMap.CTRL), 1)
+            finished = 0
+            while finished != all_bits:
+                await ctx.tick().until(dut.irq)
+                status, _ = await axil_read(ctx, bus, RegisterMap.IRQ_STATUS)
+                finished |= status
+                await axil_write(ctx, bus, RegisterMap.IRQ_STATUS, status)
+                if progress is not None:
+                    progress(bin(finished).count("1"), n)
+            out["cores"] = [await _read_core(ctx, bus, i) for i in range(n)]
+
+        async def watchdog(ctx):
+            # A background process: it does not keep the simulation alive, but if the budget
+            # runs out first it records the cores' state and stops the simulation.
+            await ctx.tick().repeat(max_cycles - 1)
+            ctrls = [dut.cores[i].ctrl for i in range(n)]
+            _, _, *values = await ctx.tick().sample(
+                *(v for c in ctrls for v in (c.state, c.error, c.pc, c.counters)))
+            raise _BudgetExhausted([_snapshot(*values[4 * i:4 * i + 4]) for i in range(n)])
+
+        try:
+            run_simulation(dut, host, processes=[mem.process, watchdog], name="npu")
+        except _BudgetExhausted as exc:
+            raise NPUTimeout(max_cycles, exc.cores) from None
+        cores = [CoreResult(state=c["state"], error=c["error"], pc=c["pc"],
+                            counters=c["counters"]) for c in out["cores"]]
+        return RunResult(memory=mem.mem.copy(), cores=cores,
+                         cycles=max(c.counters["cycles"] for c in cores))
+
+
+
+class _BudgetExhausted(Exception):
+    def __init__(self, cores):
+        super().__init__("cycle budget exhausted")
+        self.cores = cores
+
+
+def _snapshot(state, error, pc, counters):
+    return dict(state=state, error=error, pc=pc,
+                counters={name: int(getattr(counters, name)) for name in COUNTERS})
+
+
+async def _read_core(ctx, bus, i):
+    status, _ = await axil_read(ctx, bus, RegisterMap.core(i, RegisterMap.STATUS))
+    pc, _ = await axil_read(ctx, bus, RegisterMap.core(i, RegisterMap.PC))
+    counters = {}
+    for name in COUNTERS:
+        counters[name], _ = await axil_read(ctx, bus, RegisterMap.counter(i, name))
+    return dict(state=CoreState(status & 3), error=ErrorCode((status >> 4) & 0xF), pc=pc,
+                counters=counters)

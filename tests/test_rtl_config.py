@@ -1,0 +1,54 @@
+import dataclasses
+
+import pytest
+
+from npu.rtl.config import NPUConfig
+
+
+def test_defaults_describe_an_8x8_single_core_npu():
+    c = NPUConfig()
+    assert (c.rows, c.cols, c.cores, c.bus_width, c.rounding) == (8, 8, 1, 64, "double")
+    assert c.macs_per_cycle == 64
+    assert c.line_bytes == 8 and c.bus_bytes == 8
+    assert c.sp_lines == c.scratchpad_bytes // 8
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        NPUConfig().rows = 4
+
+
+def test_config_takes_keywords_only():
+    with pytest.raises(TypeError):
+        NPUConfig(8, 8)
+
+
+@pytest.mark.parametrize("kwargs,exc,message", [
+    ({"rows": 0}, ValueError, "Array rows must be a positive integer, not 0"),
+    ({"rows": 65}, ValueError, "Array rows must be at most 64, not 65"),
+    ({"rows": 2.0}, TypeError, "Array rows must be a positive integer, not 2.0"),
+    ({"rows": True}, TypeError, "Array rows must be a positive integer, not True"),
+    ({"cols": -1}, ValueError, "Array columns must be a positive integer, not -1"),
+    ({"cores": 9}, ValueError, "Core count must be at most 8, not 9"),
+    ({"cores": 0}, ValueError, "Core count must be a positive integer, not 0"),
+    ({"scratchpad_bytes": 1000}, ValueError,
+     "Scratchpad size must be a power of two, not 1000"),
+    ({"scratchpad_bytes": 64}, ValueError,
+     "Scratchpad size must hold at least 16 lines of 8 bytes, not 64"),
+    ({"acc_rows": 100}, ValueError, "Accumulator rows must be a power of two, not 100"),
+    ({"acc_rows": 4}, ValueError, "Accumulator rows must be at least the array rows (8), not 4"),
+    ({"bus_width": 48}, ValueError, "Bus width must be one of 32, 64, 128 bits, not 48"),
+    ({"addr_width": 12}, ValueError, "Address width must be at least 16, not 12"),
+    ({"rounding": "nearest"}, ValueError,
+     "Rounding mode must be 'double' or 'single', not 'nearest'"),
+    ({"param_slots": 0}, ValueError, "Parameter slots must be a positive integer, not 0"),
+])
+def test_bad_values_raise_exact_messages(kwargs, exc, message):
+    with pytest.raises(exc) as info:
+        NPUConfig(**kwargs)
+    assert str(info.value) == message
+
+
+def test_non_square_and_tiny_arrays_are_valid():
+    assert NPUConfig(rows=2, cols=3).line_bytes == 3
+    assert NPUConfig(rows=1, cols=1).macs_per_cycle == 1
