@@ -8,7 +8,7 @@ while waiting and returns in the cycle after the response handshake, with every 
 read 2; a slower subordinate just makes them wait longer.
 """
 
-__all__ = ["axil_write", "axil_read"]
+__all__ = ["axil_read", "axil_write"]
 
 
 async def axil_write(ctx, bus, addr, value, strb=0xF):
