@@ -13,8 +13,15 @@ from amaranth.utils import exact_log2
 from .bus import BURST_INCR, AXI4Signature
 from .config import NPUConfig
 from .control import CoreControlSignature
-from .isa import INSTR_BITS, INSTR_BYTES, CoreState, ErrorCode, Instruction, Opcode, \
-    param_slot_bytes
+from .isa import (
+    INSTR_BITS,
+    INSTR_BYTES,
+    CoreState,
+    ErrorCode,
+    Instruction,
+    Opcode,
+    param_slot_bytes,
+)
 from .units import ExecuteUnit, FetchUnit, LoadUnit, ParamLayout, StoreUnit
 
 __all__ = ["NPUCore", "AXI_ID_FETCH", "AXI_ID_LOAD"]
@@ -397,6 +404,9 @@ class _Checker:
                     last_row.eq(st.addr + (st.rows - 1) * st.stride),
                     row_extent.eq(beats_bytes(Mux(st.raw, st.cols << 2, st.cols))),
                 ]
+            with m.Case(Opcode.BARRIER, Opcode.END):
+                # Tokens cannot be given or taken by the control unit.
+                m.d.comb += [fields_ok.eq(d.as_value() == 0), aligned.eq(1)]
             with m.Default():
                 m.d.comb += [fields_ok.eq(1), aligned.eq(1)]
         self.fields_ok = fields_ok

@@ -1,0 +1,298 @@
+"""The host runtime: ``Device`` compiles INT8 workloads, runs them on a backend, reads back.
+
+>>> dev = Device(backend="golden", cores=2)
+>>> y = dev.gemm(a, b)                       # int8 [M, K] @ int8 [K, N] -> int32 [M, N]
+>>> y = dev.gemm(a, b, multiplier=M, shift=s, out_zero_point=zp)   # -> int8, TFLite-exact
+>>> dev.stats["cycles"], dev.stats["utilization"]
+"""
+
+import numbers
+
+import numpy as np
+
+from npu.rtl.config import NPUConfig
+from npu.rtl.isa import CoreState, ErrorCode
+
+from . import compiler
+from .asm import Program, disassemble
+
+__all__ = ["Device", "NPUError", "BACKENDS"]
+
+BACKENDS = ("golden", "amaranth", "verilator")
+
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+class NPUError(RuntimeError):
+    """A core stopped with an error status.
+
+    Attributes
+    ----------
+    cores : list of CoreResult
+    """
+
+    def __init__(self, cores):
+        lines = ["NPU run failed:"]
+        for i, c in enumerate(cores):
+            lines.append(f"  core {i}: {CoreState(c.state).name} error={ErrorCode(c.error).name}"
+                         f" pc=0x{c.pc:08x}")
+        super().__init__("\n".join(lines))
+        self.cores = cores
+
+
+def _make_backend(name, config, **timing):
+    if name == "golden":
+        from npu.sim.golden_backend import GoldenBackend
+        return GoldenBackend(config)
+    if name == "amaranth":
+        from npu.sim.amaranth_backend import AmaranthBackend
+        return AmaranthBackend(config, **timing)
+    if name == "verilator":
+        try:
+            from npu.sim.verilator_backend import VerilatorBackend
+        except ImportError as exc:  # pragma: no cover - depends on the installation
+            raise ValueError(f"backend 'verilator' is not available: {exc}") from exc
+        return VerilatorBackend(config, **timing)
+    raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, not {name!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks. Every public entry point validates all of its arguments before anything runs.
+
+def _check_int8_matrix(name, x, ndim=2):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, not {type(x).__name__}")
+    if x.dtype != np.int8:
+        raise TypeError(f"{name} must have dtype int8, not {x.dtype}")
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, not {x.ndim}")
+    if 0 in x.shape:
+        raise ValueError(f"{name} must not be empty, but has shape {x.shape}")
+
+
+def _check_int(name, value, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if not lo <= int(value) <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], not {value}")
+    return int(value)
+
+
+def _per_channel(name, value, n, lo, hi, default=None):
+    """A scalar or a length-n vector of integers in [lo, hi] -> int64 array of length n."""
+    if value is None:
+        if default is None:
+            raise ValueError(f"{name} is required")
+        value = default
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integers, not dtype {arr.dtype}")
+    if arr.ndim == 0:
+        arr = np.full(n, int(arr), np.int64)
+    elif arr.shape != (n,):
+        raise ValueError(f"{name} must be a scalar or have shape ({n},), not {arr.shape}")
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < lo or arr.max() > hi):
+        bad = arr[(arr < lo) | (arr > hi)][0]
+        raise ValueError(f"{name} must be in [{lo}, {hi}], not {bad}")
+    return arr
+
+
+class Device:
+    """An NPU and the host runtime that drives it.
+
+    Parameters
+    ----------
+    backend : str
+        ``"golden"`` (ISA-level numpy model, no timing), ``"amaranth"`` (the gateware in the
+        Amaranth simulator, cycle-exact) or ``"verilator"`` (the Verilog in Verilator).
+    config : NPUConfig, optional
+        The configuration; or give its fields as keywords (``cores=2, rows=8, ...``).
+    memory_latency, bytes_per_cycle : int
+        The simulated external memory (cycle-exact backends).
+    max_cycles : int
+        Cycle budget of one run; past it the run raises ``NPUTimeout`` with the cores' state.
+    progress : bool
+        Print a progress line while a cycle-exact simulation runs.
+    """
+
+    def __init__(self, *, backend="golden", config=None, memory_latency=8, bytes_per_cycle=8,
+                 max_cycles=20_000_000, progress=False, **config_fields):
+        if config is not None and config_fields:
+            raise TypeError("give either config= or configuration keywords, not both "
+                            f"(got {', '.join(sorted(config_fields))})")
+        if config is None:
+            config = NPUConfig(**config_fields)
+        if not isinstance(config, NPUConfig):
+            raise TypeError(f"config must be an NPUConfig, not {config!r}")
+        if backend not in BACKENDS:
+            raise ValueError(
+                f"backend must be one of {', '.join(map(repr, BACKENDS))}, not {backend!r}")
+        _check_int("memory_latency", memory_latency, 1, 1 << 16)
+        _check_int("bytes_per_cycle", bytes_per_cycle, 1, 1 << 16)
+        _check_int("max_cycles", max_cycles, 1, 1 << 40)
+        self.config = config
+        self.backend_name = backend
+        self.max_cycles = max_cycles
+        self.progress = progress
+        self._backend = _make_backend(backend, config, latency=memory_latency,
+                                      bytes_per_cycle=bytes_per_cycle)
+        self.stats = {}
+        self.last_programs = []
+
+    # -- GEMM -------------------------------------------------------------------------------
+
+    def gemm(self, a, b, *, bias=None, multiplier=None, shift=None, out_zero_point=0,
+             in_zero_point=0, relu=False):
+        """``a @ b`` on the NPU.
+
+        Without ``multiplier`` the result is the exact int32 product. With ``multiplier`` and
+        ``shift`` (per tensor or per output channel) the int32 accumulator gets ``bias`` (minus
+        ``in_zero_point`` times the column sums of ``b``), is requantised by TFLite's
+        MultiplyByQuantizedMultiplier, offset by ``out_zero_point`` and clamped (at
+        ``out_zero_point`` from below with ``relu``): the result is int8.
+        """
+        _check_int8_matrix("a", a)
+        _check_int8_matrix("b", b)
+        if a.shape[1] != b.shape[0]:
+            raise ValueError(f"a has {a.shape[1]} columns but b has {b.shape[0]} rows; "
+                             "gemm needs a [M, K] and b [K, N]")
+        M, K = a.shape
+        N = b.shape[1]
+        quantised = multiplier is not None or shift is not None
+        if not quantised:
+            for name, value, default in (("bias", bias, None), ("out_zero_point",
+                                         out_zero_point, 0), ("in_zero_point", in_zero_point,
+                                         0), ("relu", relu, False)):
+                if value is not default and not (value == default):
+                    raise ValueError(f"{name} needs multiplier and shift (a requantised "
+                                     "gemm); without them the result is raw int32")
+            return self._run_gemm(a, b, raw=True)
+        params = self._requant_params(b, N, bias, multiplier, shift, out_zero_point,
+                                      in_zero_point, relu)
+        return self._run_gemm(a, b, raw=False, params=params)
+
+    def _requant_params(self, b, N, bias, multiplier, shift, out_zero_point, in_zero_point,
+                        relu):
+        if multiplier is None or shift is None:
+            raise ValueError("multiplier and shift must be given together")
+        mult = _per_channel("multiplier", multiplier, N, 0, INT32_MAX)
+        sh = _per_channel("shift", shift, N, -31, 30)
+        bias_v = _per_channel("bias", bias, N, INT32_MIN, INT32_MAX, default=0)
+        zp_out = _check_int("out_zero_point", out_zero_point, -128, 127)
+        zp_in = _check_int("in_zero_point", in_zero_point, -128, 127)
+        if not isinstance(relu, (bool, np.bool_)):
+            raise TypeError(f"relu must be a bool, not {relu!r}")
+        # sum_k w * (x - zp) = sum_k w * x - zp * sum_k w: the zero-point term folds into the
+        # bias, in int32 like the accumulator.
+        folded = bias_v - zp_in * b.astype(np.int64).sum(axis=0)
+        folded = ((folded - INT32_MIN) % (1 << 32)) + INT32_MIN
+        act_min = max(-128, zp_out) if relu else -128
+        return dict(bias=folded.astype(np.int64), multiplier=mult, shift=sh,
+                    zero_point=zp_out, act_min=act_min, act_max=127)
+
+    def _run_gemm(self, a, b, *, raw, params=None):
+        cfg = self.config
+        M, K = a.shape
+        N = b.shape[1]
+        plan = compiler.plan_gemm(cfg, M, K, N, raw=raw)
+        sizes = compiler.layout_sizes(cfg, M, K, N, raw)
+
+        # Memory image: programs first (one 4 KB-aligned area per core), then operands.
+        n = len(plan.bands)
+        a_blk = compiler.pack_a(cfg, a)
+        w_blk = compiler.pack_w(cfg, b)
+        p_blk = (compiler.pack_params(cfg, params["bias"], params["multiplier"],
+                                      params["shift"], params["zero_point"],
+                                      params["act_min"], params["act_max"])
+                 if not raw else np.zeros(0, np.uint8))
+        # The program size depends only on the plan, so compile once with placeholder
+        # addresses to size the program area, then with the real layout.
+        draft = compiler.compile_gemm(cfg, plan, compiler.GemmLayout(
+            0, 0, 0, 0, sizes["a_pitch"], sizes["w_pitch"], sizes["o_pitch"],
+            sizes["param_pitch"]))
+        prog_area = max(len(p) + 1 for p in draft) * 16
+        prog_area = compiler.roundup(prog_area, 4096)
+        addr = n * prog_area
+        a_addr = addr
+        addr = compiler.roundup(addr + len(a_blk), 4096)
+        w_addr = addr
+        addr = compiler.roundup(addr + len(w_blk), 4096)
+        p_addr = addr
+        addr = compiler.roundup(addr + len(p_blk), 4096)
+        o_addr = addr
+        size = compiler.roundup(addr + sizes["o_bytes"], 4096)
+        if size > (1 << cfg.addr_width):
+            raise ValueError(f"the workload needs {size} bytes of memory, more than the "
+                             f"{cfg.addr_width}-bit address space")
+        layout = compiler.GemmLayout(a_addr, w_addr, o_addr, p_addr, sizes["a_pitch"],
+                                     sizes["w_pitch"], sizes["o_pitch"], sizes["param_pitch"])
+        programs = compiler.compile_gemm(cfg, plan, layout)
+        memory = np.zeros(size, np.uint8)
+        starts = []
+        for i, prog in enumerate(programs):
+            prog.end()
+            code = np.frombuffer(prog.to_bytes(), np.uint8)
+            memory[i * prog_area:i * prog_area + len(code)] = code
+            starts.append(i * prog_area)
+        memory[a_addr:a_addr + len(a_blk)] = a_blk
+        memory[w_addr:w_addr + len(w_blk)] = w_blk
+        memory[p_addr:p_addr + len(p_blk)] = p_blk
+        self.last_programs = [(s, p) for s, p in zip(starts, programs)]
+
+        result = self.run(memory, starts)
+        out = result.memory[o_addr:o_addr + sizes["o_bytes"]]
+        return compiler.unpack_out(cfg, out, M, N, raw)
+
+    # -- running ------------------------------------------------------------------------------
+
+    def run(self, memory, programs, windows=None):
+        """Run a memory image (programs at the given addresses) and update ``stats``."""
+        progress = _ProgressLine() if self.progress else None
+        result = self._backend.run(memory, programs, windows, max_cycles=self.max_cycles,
+                                   progress=progress)
+        if progress is not None:
+            progress.close()
+        if any(c.state != CoreState.DONE for c in result.cores):
+            raise NPUError(result.cores)
+        self._update_stats(result)
+        return result
+
+    def _update_stats(self, result):
+        cfg = self.config
+        per_core = [dict(c.counters) for c in result.cores]
+        total = {k: sum(c.get(k, 0) for c in per_core)
+                 for k in ("macs", "dma_read_bytes", "dma_write_bytes")}
+        cycles = result.cycles
+        self.stats = {
+            "cycles": cycles,
+            "macs": total["macs"],
+            "utilization": (total["macs"] / (cycles * cfg.macs_per_cycle)
+                            if cycles else None),
+            "dma_read_bytes": total["dma_read_bytes"],
+            "dma_write_bytes": total["dma_write_bytes"],
+            "stall_memory_cycles": (sum(c.get("stall_memory", 0) for c in per_core)
+                                    if cycles is not None else None),
+            "stall_dependency_cycles": (sum(c.get("stall_dependency", 0) for c in per_core)
+                                        if cycles is not None else None),
+            "per_core": per_core,
+            "backend": self.backend_name,
+        }
+
+    def disassemble(self):
+        """Disassembly of the programs of the last call, one section per core."""
+        parts = []
+        for i, (start, prog) in enumerate(self.last_programs):
+            parts.append(f"; core {i}\n" + disassemble(prog.to_bytes(), base=start))
+        return "\n".join(parts)
+
+
+class _ProgressLine:
+    def __call__(self, finished, total):
+        print(f"\r  simulating: {finished}/{total} cores finished", end="", flush=True)
+
+    def close(self):
+        print("\r", end="", flush=True)
+
+
+assert Program  # re-exported for callers that build programs by hand
