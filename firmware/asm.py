@@ -24,6 +24,7 @@ import operator
 import re
 
 import numpy as np
+
 from npu.rtl.isa import INSTR_BYTES, Body, Deps, Instruction, Opcode, param_slot_bytes
 
 __all__ = [

@@ -148,20 +148,29 @@ def pack_params(config, bias, multiplier, shift, zero_point, act_min, act_max):
     return out.reshape(-1)
 
 
-def plan_gemm(config, M, K, N, *, raw, cores=None):
-    """Split an M x K x N GEMM over the cores and choose the chunking."""
+def plan_gemm(config, M, K, N, *, raw, cores=None, split="auto"):
+    """Split an M x K x N GEMM over the cores and choose the chunking.
+
+    ``split`` is "rows" (each core a band of output rows), "cols" (each core a band of
+    N-blocks) or "auto" (rows unless that leaves cores without a useful band).
+    """
+    if split not in ("auto", "rows", "cols"):
+        raise ValueError(f"split must be 'auto', 'rows' or 'cols', not {split!r}")
     R, C = config.rows, config.cols
     cores = config.cores if cores is None else cores
     nK, nN = cdiv(K, R), cdiv(N, C)
     plan = GemmPlan(M=M, K=K, N=N, raw=raw, nK=nK, nN=nN)
     # Split rows when each core still gets a useful band; otherwise split N-blocks.
-    if M >= cores * min(M, R) or nN < cores:
+    if split == "auto":
+        split = "rows" if (M >= cores * min(M, R) or nN < cores) else "cols"
+    if split == "rows":
         n = min(cores, M)
         edges = [M * i // n for i in range(n + 1)]
         plan.bands = [(edges[i], edges[i + 1], 0, nN) for i in range(n)]
     else:
-        edges = [nN * i // cores for i in range(cores + 1)]
-        plan.bands = [(0, M, edges[i], edges[i + 1]) for i in range(cores)]
+        n = min(cores, nN)
+        edges = [nN * i // n for i in range(n + 1)]
+        plan.bands = [(0, M, edges[i], edges[i + 1]) for i in range(n)]
     band_rows = max(m1 - m0 for m0, m1, _, _ in plan.bands)
 
     D = PIPELINE_DEPTH

@@ -14,9 +14,9 @@ from npu.rtl.config import NPUConfig
 from npu.rtl.isa import CoreState, ErrorCode
 
 from . import compiler
-from .asm import Program, disassemble
+from .asm import disassemble
 
-__all__ = ["Device", "NPUError", "BACKENDS"]
+__all__ = ["Device", "NPUError", "BACKENDS", "GemmImage", "build_gemm_image"]
 
 BACKENDS = ("golden", "amaranth", "verilator")
 
@@ -96,6 +96,69 @@ def _per_channel(name, value, n, lo, hi, default=None):
         bad = arr[(arr < lo) | (arr > hi)][0]
         raise ValueError(f"{name} must be in [{lo}, {hi}], not {bad}")
     return arr
+
+
+class GemmImage:
+    """A GEMM laid out in memory: the image, each core's program address, and where the
+    output is."""
+
+    def __init__(self, config, memory, starts, programs, out_addr, out_bytes, M, N, raw,
+                 layout):
+        self.config = config
+        self.memory = memory
+        self.starts = starts
+        self.programs = programs
+        self.out_addr = out_addr
+        self.out_bytes = out_bytes
+        self.M, self.N, self.raw = M, N, raw
+        self.layout = layout
+
+    def read_output(self, memory):
+        out = memory[self.out_addr:self.out_addr + self.out_bytes]
+        return compiler.unpack_out(self.config, out, self.M, self.N, self.raw)
+
+
+def build_gemm_image(config, a, b, *, raw, params=None, split="auto", cores=None):
+    """Compile ``a @ b`` and lay out the memory image: programs first (one 4 KB-aligned area
+    per core), then the blocked activations, weights, parameter records and the output."""
+    M, K = a.shape
+    N = b.shape[1]
+    plan = compiler.plan_gemm(config, M, K, N, raw=raw, split=split, cores=cores)
+    sizes = compiler.layout_sizes(config, M, K, N, raw)
+    a_blk = compiler.pack_a(config, a)
+    w_blk = compiler.pack_w(config, b)
+    p_blk = (compiler.pack_params(config, params["bias"], params["multiplier"],
+                                  params["shift"], params["zero_point"], params["act_min"],
+                                  params["act_max"])
+             if not raw else np.zeros(0, np.uint8))
+    # The program length depends only on the plan: compile once with placeholder addresses to
+    # size the program area, then with the real layout.
+    pitches = (sizes["a_pitch"], sizes["w_pitch"], sizes["o_pitch"], sizes["param_pitch"])
+    draft = compiler.compile_gemm(config, plan, compiler.GemmLayout(0, 0, 0, 0, *pitches))
+    prog_area = compiler.roundup(max(len(p) + 1 for p in draft) * 16, 4096)
+    addr = len(draft) * prog_area
+    bases = []
+    for blob in (a_blk, w_blk, p_blk):
+        bases.append(addr)
+        addr = compiler.roundup(addr + len(blob), 4096)
+    o_addr = addr
+    size = compiler.roundup(addr + sizes["o_bytes"], 4096)
+    if size > (1 << config.addr_width):
+        raise ValueError(f"the workload needs {size} bytes of memory, more than the "
+                         f"{config.addr_width}-bit address space")
+    layout = compiler.GemmLayout(bases[0], bases[1], o_addr, bases[2], *pitches)
+    programs = compiler.compile_gemm(config, plan, layout)
+    memory = np.zeros(size, np.uint8)
+    starts = []
+    for i, prog in enumerate(programs):
+        prog.end()
+        code = np.frombuffer(prog.to_bytes(), np.uint8)
+        memory[i * prog_area:i * prog_area + len(code)] = code
+        starts.append(i * prog_area)
+    for base, blob in zip(bases, (a_blk, w_blk, p_blk)):
+        memory[base:base + len(blob)] = blob
+    return GemmImage(config, memory, starts, programs, o_addr, sizes["o_bytes"], M, N, raw,
+                     layout)
 
 
 class Device:
@@ -192,57 +255,10 @@ class Device:
                     zero_point=zp_out, act_min=act_min, act_max=127)
 
     def _run_gemm(self, a, b, *, raw, params=None):
-        cfg = self.config
-        M, K = a.shape
-        N = b.shape[1]
-        plan = compiler.plan_gemm(cfg, M, K, N, raw=raw)
-        sizes = compiler.layout_sizes(cfg, M, K, N, raw)
-
-        # Memory image: programs first (one 4 KB-aligned area per core), then operands.
-        n = len(plan.bands)
-        a_blk = compiler.pack_a(cfg, a)
-        w_blk = compiler.pack_w(cfg, b)
-        p_blk = (compiler.pack_params(cfg, params["bias"], params["multiplier"],
-                                      params["shift"], params["zero_point"],
-                                      params["act_min"], params["act_max"])
-                 if not raw else np.zeros(0, np.uint8))
-        # The program size depends only on the plan, so compile once with placeholder
-        # addresses to size the program area, then with the real layout.
-        draft = compiler.compile_gemm(cfg, plan, compiler.GemmLayout(
-            0, 0, 0, 0, sizes["a_pitch"], sizes["w_pitch"], sizes["o_pitch"],
-            sizes["param_pitch"]))
-        prog_area = max(len(p) + 1 for p in draft) * 16
-        prog_area = compiler.roundup(prog_area, 4096)
-        addr = n * prog_area
-        a_addr = addr
-        addr = compiler.roundup(addr + len(a_blk), 4096)
-        w_addr = addr
-        addr = compiler.roundup(addr + len(w_blk), 4096)
-        p_addr = addr
-        addr = compiler.roundup(addr + len(p_blk), 4096)
-        o_addr = addr
-        size = compiler.roundup(addr + sizes["o_bytes"], 4096)
-        if size > (1 << cfg.addr_width):
-            raise ValueError(f"the workload needs {size} bytes of memory, more than the "
-                             f"{cfg.addr_width}-bit address space")
-        layout = compiler.GemmLayout(a_addr, w_addr, o_addr, p_addr, sizes["a_pitch"],
-                                     sizes["w_pitch"], sizes["o_pitch"], sizes["param_pitch"])
-        programs = compiler.compile_gemm(cfg, plan, layout)
-        memory = np.zeros(size, np.uint8)
-        starts = []
-        for i, prog in enumerate(programs):
-            prog.end()
-            code = np.frombuffer(prog.to_bytes(), np.uint8)
-            memory[i * prog_area:i * prog_area + len(code)] = code
-            starts.append(i * prog_area)
-        memory[a_addr:a_addr + len(a_blk)] = a_blk
-        memory[w_addr:w_addr + len(w_blk)] = w_blk
-        memory[p_addr:p_addr + len(p_blk)] = p_blk
-        self.last_programs = [(s, p) for s, p in zip(starts, programs)]
-
-        result = self.run(memory, starts)
-        out = result.memory[o_addr:o_addr + sizes["o_bytes"]]
-        return compiler.unpack_out(cfg, out, M, N, raw)
+        image = build_gemm_image(self.config, a, b, raw=raw, params=params)
+        self.last_programs = list(zip(image.starts, image.programs))
+        result = self.run(image.memory, image.starts)
+        return image.read_output(result.memory)
 
     # -- running ------------------------------------------------------------------------------
 
@@ -294,5 +310,3 @@ class _ProgressLine:
     def close(self):
         print("\r", end="", flush=True)
 
-
-assert Program  # re-exported for callers that build programs by hand

@@ -22,6 +22,7 @@ import operator
 from numbers import Real
 
 import numpy as np
+
 from npu.rtl.config import ROUNDING_MODES
 
 __all__ = [

@@ -242,15 +242,14 @@ class NPUCore(wiring.Component):
                         pc.eq(self.ctrl.prog_addr), error.eq(ErrorCode.NONE),
                         halting.eq(0), bus_error.eq(0),
                     ]
-                    with m.If(self.ctrl.prog_addr[:exact_log2(INSTR_BYTES)] != 0):
-                        m.d.sync += [state.eq(CoreState.ERROR),
-                                     error.eq(ErrorCode.MISALIGNED)]
-                    with m.Else():
-                        m.d.sync += state.eq(CoreState.BUSY)
-                        m.next = "FETCH"
+                    m.d.sync += state.eq(CoreState.BUSY)
+                    m.next = "FETCH"
             with m.State("FETCH"):
                 m.d.comb += fetch.o.ready.eq(1)
-                with m.If(bus_error):
+                with m.If(pc[:exact_log2(INSTR_BYTES)] != 0):
+                    # Only the start address can be misaligned; fetch was never started.
+                    fail(ErrorCode.MISALIGNED)
+                with m.Elif(bus_error):
                     fail(ErrorCode.BUS_ERROR)
                 with m.Elif(fetch.o.valid):
                     m.d.sync += [ins.eq(fetch.o.payload.instr), fault.eq(fetch.o.payload.fault)]

@@ -11,7 +11,7 @@ from npu.rtl.control import COUNTERS, RegisterMap
 from npu.rtl.isa import CoreState, ErrorCode
 from npu.rtl.top import NPU
 
-from .amaranth_sim import run_simulation
+from .amaranth_sim import CLOCK_PERIOD, run_simulation
 from .axi_mem import AXI4Memory
 from .axil import axil_read, axil_write
 from .backend import CoreResult, NPUTimeout, RunResult, check_run_arguments
@@ -58,7 +58,11 @@ class AmaranthBackend:
                 await axil_write(ctx, bus, RegisterMap.core(i, RegisterMap.CTRL), 1)
             finished = 0
             while finished != all_bits:
-                await ctx.tick().until(dut.irq)
+                # `changed` rather than `tick().until()`: a testbench left waiting when the
+                # budget stops the simulation must not hold an open async generator.
+                while not ctx.get(dut.irq):
+                    await ctx.changed(dut.irq)
+                await ctx.tick()
                 status, _ = await axil_read(ctx, bus, RegisterMap.IRQ_STATUS)
                 finished |= status
                 await axil_write(ctx, bus, RegisterMap.IRQ_STATUS, status)
@@ -69,7 +73,7 @@ class AmaranthBackend:
         async def watchdog(ctx):
             # A background process: it does not keep the simulation alive, but if the budget
             # runs out first it records the cores' state and stops the simulation.
-            await ctx.tick().repeat(max_cycles - 1)
+            await ctx.delay((max_cycles - 0.5) * CLOCK_PERIOD)
             ctrls = [dut.cores[i].ctrl for i in range(n)]
             _, _, *values = await ctx.tick().sample(
                 *(v for c in ctrls for v in (c.state, c.error, c.pc, c.counters)))

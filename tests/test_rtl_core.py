@@ -1,0 +1,250 @@
+"""The NPU running programs in the Amaranth simulator, against numpy and the golden model."""
+
+import numpy as np
+import pytest
+
+from npu.firmware import compiler
+from npu.firmware.asm import Program
+from npu.firmware.device import build_gemm_image
+from npu.firmware.quant import requantize
+from npu.rtl.config import NPUConfig
+from npu.rtl.isa import CoreState, ErrorCode
+from npu.sim.amaranth_backend import AmaranthBackend
+from npu.sim.backend import NPUTimeout
+from npu.sim.golden_backend import GoldenBackend
+
+
+def random_int8(rng, shape):
+    x = rng.integers(-128, 128, size=shape).astype(np.int8)
+    x.reshape(-1)[:2] = [-128, 127]
+    return x
+
+
+def run_both(config, image, windows=None, **timing):
+    hw = AmaranthBackend(config, **timing).run(image.memory, image.starts, windows)
+    gold = GoldenBackend(config).run(image.memory, image.starts, windows)
+    return hw, gold
+
+
+@pytest.mark.parametrize("cores", [1, 2, 4])
+def test_tiled_gemm_matches_numpy_and_golden_memory(cores):
+    config = NPUConfig(rows=4, cols=4, cores=cores)
+    rng = np.random.default_rng(cores)
+    a, b = random_int8(rng, (24, 10)), random_int8(rng, (10, 9))
+    image = build_gemm_image(config, a, b, raw=True)
+    assert len(image.starts) == cores
+    hw, gold = run_both(config, image)
+    assert all(c.state == CoreState.DONE for c in hw.cores)
+    np.testing.assert_array_equal(image.read_output(hw.memory), a.astype(np.int64) @ b)
+    np.testing.assert_array_equal(hw.memory, gold.memory)
+    for h, g in zip(hw.cores, gold.cores):
+        assert h.pc == g.pc
+        for name in ("macs", "dma_read_bytes", "dma_write_bytes"):
+            assert h.counters[name] == g.counters[name]
+
+
+def test_requantised_gemm_matches_the_tflite_rule():
+    config = NPUConfig(rows=4, cols=4, cores=2)
+    rng = np.random.default_rng(5)
+    a, b = random_int8(rng, (12, 8)), random_int8(rng, (8, 6))
+    params = dict(bias=rng.integers(-5000, 5000, 6), multiplier=rng.integers(1 << 28, 1 << 31, 6),
+                  shift=rng.integers(-9, 2, 6), zero_point=-5, act_min=-5, act_max=127)
+    image = build_gemm_image(config, a, b, raw=False, params=params)
+    hw, gold = run_both(config, image)
+    expected = requantize(a.astype(np.int64) @ b, params["bias"], params["multiplier"],
+                          params["shift"], -5, -5, 127)
+    np.testing.assert_array_equal(image.read_output(hw.memory), expected)
+    np.testing.assert_array_equal(hw.memory, gold.memory)
+
+
+def test_dense_gemm_counters_add_up():
+    config = NPUConfig(rows=4, cols=4, cores=2)
+    rng = np.random.default_rng(9)
+    M, K, N = 16, 8, 8
+    image = build_gemm_image(config, random_int8(rng, (M, K)), random_int8(rng, (K, N)),
+                             raw=True)
+    hw, _ = run_both(config, image)
+    c = [core.counters for core in hw.cores]
+    assert sum(x["macs"] for x in c) == M * N * K
+    # One vector per cycle enters the array; each carries rows x cols MACs.
+    assert all(x["macs"] == x["array_busy"] * 16 for x in c)
+    # Bus bytes: a 4-byte activation or weight row is one 8-byte beat. Activations are read
+    # once per core band (2 K-blocks), weights once per core (2 x 2 tiles of 4 rows); results
+    # once, 4 int32 lanes = 2 beats per row per N-block.
+    assert sum(x["dma_read_bytes"] for x in c) == M * 2 * 8 + 2 * (2 * 2 * 4 * 8)
+    assert sum(x["dma_write_bytes"] for x in c) == M * N * 4
+    for x in c:
+        assert x["array_busy"] <= x["cycles"]
+        assert x["stall_memory"] < x["cycles"] and x["stall_dependency"] < x["cycles"]
+
+
+def test_64_cubed_gemm_on_two_8x8_cores_is_exact_and_takes_a_fixed_cycle_count():
+    config = NPUConfig(rows=8, cols=8, cores=2)
+    rng = np.random.default_rng(64)
+    a, b = random_int8(rng, (64, 64)), random_int8(rng, (64, 64))
+    image = build_gemm_image(config, a, b, raw=True)
+    hw, gold = run_both(config, image)
+    np.testing.assert_array_equal(image.read_output(hw.memory), a.astype(np.int64) @ b)
+    np.testing.assert_array_equal(hw.memory, gold.memory)
+    print(f"64x64x64 int8 GEMM, 2 cores of 8x8: {hw.cycles} cycles")
+    assert hw.cycles == 4128
+    assert sum(c.counters["macs"] for c in hw.cores) == 64 ** 3
+
+
+def two_layer_image(config, rng):
+    """Layer 1 split by rows, layer 2 by columns: every core's layer-2 input includes rows the
+    other core wrote, so only the BARRIER between the layers makes the result right."""
+    a = random_int8(rng, (16, 8))
+    w1, w2 = random_int8(rng, (8, 8)), random_int8(rng, (8, 8))
+    p1 = dict(bias=np.zeros(8, np.int64), multiplier=np.full(8, 1 << 30),
+              shift=np.full(8, -6), zero_point=0, act_min=-128, act_max=127)
+    first = build_gemm_image(config, a, w1, raw=False, params=p1, split="rows")
+    y1 = requantize(a.astype(np.int64) @ w1, 0, 1 << 30, -6, 0, -128, 127)
+    # Layer 1's blocked int8 output is exactly layer 2's blocked input (square array).
+    lay = first.layout
+    sizes = compiler.layout_sizes(config, 16, 8, 8, True)
+    assert sizes["a_pitch"] == lay.o_pitch
+    w2_addr = len(first.memory)
+    out2 = w2_addr + 4096
+    memory = np.zeros(out2 + sizes["o_bytes"], np.uint8)
+    memory[:len(first.memory)] = first.memory
+    w2_blk = compiler.pack_w(config, w2)
+    memory[w2_addr:w2_addr + len(w2_blk)] = w2_blk
+    plan2 = compiler.plan_gemm(config, 16, 8, 8, raw=True, split="cols")
+    layout2 = compiler.GemmLayout(lay.out_addr, w2_addr, out2, 0, sizes["a_pitch"],
+                                  sizes["w_pitch"], sizes["o_pitch"], sizes["param_pitch"])
+    second = compiler.compile_gemm(config, plan2, layout2)
+    starts = []
+    for i in range(2):
+        prog = Program(first.programs[i].words[:-1])   # drop the END
+        prog.barrier()
+        prog.extend(second[i])
+        prog.end()
+        code = np.frombuffer(prog.to_bytes(), np.uint8)
+        memory[first.starts[i]:first.starts[i] + len(code)] = code
+        starts.append(first.starts[i])
+    expected = y1.astype(np.int64) @ w2
+    return memory, starts, (out2, sizes["o_bytes"]), expected
+
+
+def test_barrier_orders_a_two_layer_program_across_cores():
+    config = NPUConfig(rows=4, cols=4, cores=2)
+    memory, starts, (out, nbytes), expected = two_layer_image(config, np.random.default_rng(3))
+    hw = AmaranthBackend(config).run(memory, starts)
+    gold = GoldenBackend(config).run(memory, starts)
+    assert all(c.state == CoreState.DONE for c in hw.cores)
+    got = compiler.unpack_out(config, hw.memory[out:out + nbytes], 16, 8, True)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(hw.memory, gold.memory)
+
+
+# --- Bad programs --------------------------------------------------------------------------
+
+CFG2 = NPUConfig(rows=4, cols=4, cores=2)
+WINDOW0 = (0x0000, 0x4000)    # core 0 may touch only its first 16 KB
+WINDOW1 = (0x4000, 0x10000)
+
+
+def good_program(base):
+    """Core 1's program: y = a @ w on data inside its own window."""
+    p = Program()
+    p.load(0, 4, 4, 8, base + 0x1100)                         # weights
+    p.load(4, 4, 4, 8, base + 0x1000, deps=("push_next",))    # activations
+    p.loadw(0, deps=("pop_prev",))
+    p.matmul(4, 0, 4, deps=("push_next",))
+    p.store(0, 4, 4, 16, base + 0x2000, raw=True, deps=("pop_prev",))
+    p.end()
+    return p
+
+
+BAD_PROGRAMS = {
+    "illegal_opcode": (lambda p: p.word(0xF), ErrorCode.ILLEGAL_OPCODE),
+    "rows_zero": (lambda p: p.matmul(0, 0, 0), ErrorCode.ILLEGAL_FIELD),
+    "row_bytes_too_wide": (lambda p: p.load(0, 1, 5, 8, 0x1000), ErrorCode.ILLEGAL_FIELD),
+    "cols_too_wide": (lambda p: p.store(0, 1, 5, 16, 0x2000, raw=True), ErrorCode.ILLEGAL_FIELD),
+    "acc_overflow": (lambda p: p.matmul(0, 1023, 2), ErrorCode.ILLEGAL_FIELD),
+    "load_pops_prev": (lambda p: p.load(0, 1, 4, 8, 0x1000, deps=("pop_prev",)),
+                       ErrorCode.ILLEGAL_FIELD),
+    "end_with_token": (lambda p: p.end(deps=("push_next",)), ErrorCode.ILLEGAL_FIELD),
+    "misaligned_load": (lambda p: p.load(0, 1, 4, 8, 0x1004), ErrorCode.MISALIGNED),
+    "misaligned_stride": (lambda p: p.store(0, 2, 4, 12, 0x2000, raw=True),
+                          ErrorCode.MISALIGNED),
+    "load_outside_window": (lambda p: p.load(0, 2, 4, 8, 0x3FF8), ErrorCode.DMA_WINDOW),
+    "store_outside_window": (lambda p: p.store(0, 4, 4, 0x1000, 0x1000, raw=True),
+                             ErrorCode.DMA_WINDOW),
+    "store_into_other_core": (lambda p: p.store(0, 1, 4, 16, 0x6000, raw=True),
+                              ErrorCode.DMA_WINDOW),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PROGRAMS))
+def test_bad_instruction_halts_its_core_only_and_writes_nothing_outside_its_window(case):
+    emit, code = BAD_PROGRAMS[case]
+    memory = np.zeros(0x10000, np.uint8)
+    rng = np.random.default_rng(1)
+    memory[0x5000:0x5200] = rng.integers(0, 256, 0x200, dtype=np.uint8)
+    memory[0x3000:0x4000] = 0xA5           # core 0's own data: must stay unless written legally
+    bad = Program()
+    bad.store(0, 1, 4, 16, 0x2000, raw=True)    # a legal store before the bad instruction
+    emit(bad)
+    bad.end()
+    for base, prog in ((0x0, bad), (0x4000, good_program(0x4000))):
+        words = np.frombuffer(prog.to_bytes(), np.uint8)
+        memory[base:base + len(words)] = words
+    hw = AmaranthBackend(CFG2).run(memory, [0x0, 0x4000], [WINDOW0, WINDOW1], max_cycles=20000)
+    c0, c1 = hw.cores
+    assert (c0.state, c0.error, c0.pc) == (CoreState.ERROR, code, 16)
+    assert c1.state == CoreState.DONE
+    a = memory[0x5000:0x5100].view(np.int8).reshape(-1, 8)[:4, :4]
+    w = memory[0x5100:0x5200].view(np.int8).reshape(-1, 8)[:4, :4]
+    got = hw.memory[0x6000:0x6040].view("<i4").reshape(4, 4)
+    np.testing.assert_array_equal(got, a.astype(np.int32) @ w)
+    # Outside core 0's window only core 1's output changed; inside it only the legal store.
+    changed = np.flatnonzero(hw.memory != memory)
+    assert set(changed) <= set(range(0x2000, 0x2010)) | set(range(0x6000, 0x6040))
+    # The golden model agrees on how core 0 failed.
+    gold = GoldenBackend(CFG2).run(memory, [0x0, 0x4000], [WINDOW0, WINDOW1])
+    assert (gold.cores[0].state, gold.cores[0].error, gold.cores[0].pc) == (c0.state, c0.error,
+                                                                            c0.pc)
+
+
+def test_fetch_past_the_window_is_a_window_error_not_a_read():
+    memory = np.zeros(0x10000, np.uint8)
+    prog = Program()
+    prog.nop()
+    code = np.frombuffer(prog.to_bytes(), np.uint8)
+    memory[0x3FF0:0x4000] = code           # the last instruction of the window, and no END
+    hw = AmaranthBackend(CFG2).run(memory, [0x3FF0], [WINDOW0])
+    c = hw.cores[0]
+    assert (c.state, c.error, c.pc) == (CoreState.ERROR, ErrorCode.DMA_WINDOW, 0x4000)
+
+
+def test_misaligned_program_address_is_reported_at_start():
+    memory = np.zeros(0x1000, np.uint8)
+    hw = AmaranthBackend(CFG2).run(memory, [0x8], [(0, 0x1000)], max_cycles=20000)
+    assert (hw.cores[0].state, hw.cores[0].error, hw.cores[0].pc) == (
+        CoreState.ERROR, ErrorCode.MISALIGNED, 0x8)
+
+
+def test_memory_error_response_is_a_bus_error():
+    memory = np.zeros(0x1000, np.uint8)
+    prog = Program()
+    prog.load(0, 1, 4, 8, 0x8000)          # inside the window but past the end of memory
+    prog.end()
+    memory[:32] = np.frombuffer(prog.to_bytes(), np.uint8)
+    hw = AmaranthBackend(CFG2).run(memory, [0], [(0, 0x10000)])
+    assert (hw.cores[0].state, hw.cores[0].error) == (CoreState.ERROR, ErrorCode.BUS_ERROR)
+
+
+def test_a_run_that_never_finishes_times_out_with_the_cores_state():
+    memory = np.zeros(0x1000, np.uint8)
+    prog = Program()
+    prog.matmul(0, 0, 1, deps=("pop_prev",))   # waits for a token nobody gives
+    prog.end()
+    memory[:32] = np.frombuffer(prog.to_bytes(), np.uint8)
+    with pytest.raises(NPUTimeout, match=r"within 400 cycles") as info:
+        AmaranthBackend(CFG2).run(memory, [0], max_cycles=400)
+    (core,) = info.value.cores
+    assert core["state"] == CoreState.BUSY
+    assert core["counters"]["stall_dependency"] > 300
+    assert "core 0: BUSY" in str(info.value)
