@@ -23,7 +23,7 @@ verilator-present:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq verilator; }
 
 demo: setup
-	$(PY) -m npu.firmware.cli demo
+	$(VENV)/bin/npu demo
 
 test: setup
 	$(PY) -m pytest -q
@@ -32,7 +32,7 @@ test-all: setup
 	$(PY) -m pytest -q -m ''
 
 bench: setup
-	$(PY) -m npu.firmware.cli bench
+	$(VENV)/bin/npu bench
 
 verilog: setup
 	$(PY) -m npu.synth.export -o build/npu.v

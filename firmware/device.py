@@ -202,6 +202,7 @@ class Device:
                                       bytes_per_cycle=bytes_per_cycle)
         self.stats = {}
         self.last_programs = []
+        self._pending = None
 
     # -- GEMM -------------------------------------------------------------------------------
 
@@ -260,27 +261,150 @@ class Device:
         result = self.run(image.memory, image.starts)
         return image.read_output(result.memory)
 
+    # -- layers -------------------------------------------------------------------------------
+
+    def linear(self, x, w, *, bias=None, multiplier=None, shift=None, out_zero_point=0,
+               in_zero_point=0, relu=False):
+        """Fully connected: ``x [batch, in] @ w[out, in].T`` (TFLite's weight layout), with
+        the quantisation arguments of :meth:`gemm`. A 1-D ``x`` is one sample."""
+        _check_int8_matrix("w", w)
+        if isinstance(x, np.ndarray) and x.ndim == 1:
+            return self.linear(x[None, :], w, bias=bias, multiplier=multiplier, shift=shift,
+                               out_zero_point=out_zero_point, in_zero_point=in_zero_point,
+                               relu=relu)[0]
+        _check_int8_matrix("x", x)
+        if x.shape[1] != w.shape[1]:
+            raise ValueError(f"x has {x.shape[1]} features but w expects {w.shape[1]} "
+                             "(w is [out, in])")
+        return self.gemm(x, np.ascontiguousarray(w.T), bias=bias, multiplier=multiplier,
+                         shift=shift, out_zero_point=out_zero_point,
+                         in_zero_point=in_zero_point, relu=relu)
+
+    def conv2d(self, x, w, *, bias=None, multiplier=None, shift=None, stride=1,
+               padding="valid", in_zero_point=0, out_zero_point=0, relu=False,
+               depthwise=False):
+        """2-D convolution of NHWC int8 ``x`` with HWIO int8 ``w`` ([KH, KW, Cin, Cout]).
+
+        The host unfolds the input (im2col, padding with ``in_zero_point``) and the NPU runs
+        the GEMM. ``depthwise=True`` takes ``w`` as [KH, KW, C, 1] and maps groups of ``cols``
+        channels onto the array as block-diagonal weights (one GEMM per group). Quantisation
+        arguments as in :meth:`gemm`, per output channel.
+        """
+        from .ops import im2col, resolve_padding
+        _check_int8_matrix("x", x, ndim=4)
+        _check_int8_matrix("w", w, ndim=4)
+        if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
+            raise ValueError(f"stride must be a positive integer, not {stride!r}")
+        kh, kw, cin, cout = w.shape
+        n, h, wd, c = x.shape
+        if depthwise:
+            if cout != 1 or cin != c:
+                raise ValueError(f"depthwise w must have shape (KH, KW, {c}, 1), "
+                                 f"not {w.shape}")
+        elif cin != c:
+            raise ValueError(f"x has {c} channels but w expects {cin} (w is [KH, KW, Cin, "
+                             "Cout])")
+        pad = resolve_padding(padding, kh, kw)
+        if h + sum(pad[0]) < kh or wd + sum(pad[1]) < kw:
+            raise ValueError(f"the {kh}x{kw} kernel does not fit the padded {h}x{wd} input")
+        zp_in = _check_int("in_zero_point", in_zero_point, -128, 127)
+        patches, (n, oh, ow) = im2col(x, kh, kw, stride, pad, zp_in)
+        quant = dict(bias=bias, multiplier=multiplier, shift=shift,
+                     out_zero_point=out_zero_point, in_zero_point=in_zero_point, relu=relu)
+        if not depthwise:
+            y = self.gemm(patches, w.reshape(kh * kw * cin, cout), **quant)
+            return y.reshape(n, oh, ow, cout)
+        return self._depthwise(patches, w, c, (n, oh, ow), quant)
+
+    def _depthwise(self, patches, w, c, out_shape, quant):
+        kh, kw = w.shape[:2]
+        g = self.config.cols
+        taps = patches.reshape(-1, kh * kw, c)
+        outs = []
+
+        def channel_slice(value, sl):
+            if value is None:
+                return None
+            arr = np.asarray(value)
+            return arr if arr.ndim == 0 else arr[sl]
+
+        with self._batch():
+            for c0 in range(0, c, g):
+                sl = slice(c0, min(c0 + g, c))
+                cg = sl.stop - sl.start
+                # Block-diagonal weights: tap t of channel j feeds only output j.
+                wbd = np.zeros((kh * kw, cg, cg), np.int8)
+                for j in range(cg):
+                    wbd[:, j, j] = w[:, :, c0 + j, 0].reshape(-1)
+                part = dict(quant)
+                for key in ("bias", "multiplier", "shift"):
+                    part[key] = channel_slice(quant[key], sl)
+                outs.append(self.gemm(np.ascontiguousarray(taps[:, :, sl].reshape(-1, kh * kw * cg)),
+                                      wbd.reshape(kh * kw * cg, cg), **part))
+        return np.concatenate(outs, axis=1).reshape(*out_shape, c)
+
+    def maxpool2d(self, x, size=2, stride=None):
+        """Max pooling of NHWC int8 on the host (the NPU has no pooling unit)."""
+        from .ops import maxpool2d
+        _check_int8_matrix("x", x, ndim=4)
+        _check_int("size", size, 1, min(x.shape[1], x.shape[2]))
+        if stride is not None:
+            _check_int("stride", stride, 1, 1 << 16)
+        self.stats = {"runs": 0, "cycles": 0, "macs": 0, "on": "host"}
+        return maxpool2d(x, size, stride)
+
+    def add(self, x1, x2, **params):
+        """Residual add with requantisation: TFLite's int8 ADD, on the host
+        (see ``ops.quantized_add`` for the parameters)."""
+        from .ops import quantized_add
+        _check_int8_matrix("x1", x1, ndim=x1.ndim if isinstance(x1, np.ndarray) else 1)
+        _check_int8_matrix("x2", x2, ndim=x2.ndim if isinstance(x2, np.ndarray) else 1)
+        if x1.shape != x2.shape:
+            raise ValueError(f"x1 and x2 must have the same shape, not {x1.shape} and "
+                             f"{x2.shape}")
+        for name in ("zero_point1", "zero_point2", "out_zero_point"):
+            _check_int(name, params[name], -128, 127)
+        for name in ("multiplier1", "multiplier2", "out_multiplier"):
+            _check_int(name, params[name], 0, INT32_MAX)
+        for name in ("shift1", "shift2", "out_shift"):
+            _check_int(name, params[name], -31, 30)
+        self.stats = {"runs": 0, "cycles": 0, "macs": 0, "on": "host"}
+        return quantized_add(x1, x2, **params)
+
     # -- running ------------------------------------------------------------------------------
 
     def run(self, memory, programs, windows=None):
         """Run a memory image (programs at the given addresses) and update ``stats``."""
-        progress = _ProgressLine() if self.progress else None
+        progress = _ProgressLine(self.max_cycles) if self.progress else None
         result = self._backend.run(memory, programs, windows, max_cycles=self.max_cycles,
                                    progress=progress)
         if progress is not None:
             progress.close()
         if any(c.state != CoreState.DONE for c in result.cores):
             raise NPUError(result.cores)
-        self._update_stats(result)
+        if self._pending is None:
+            self._update_stats([result])
+        else:
+            self._pending.append(result)
         return result
 
-    def _update_stats(self, result):
+    def _batch(self):
+        """Context manager: the runs inside one operation add up to one ``stats``."""
+        return _StatsBatch(self)
+
+    def _update_stats(self, results):
         cfg = self.config
-        per_core = [dict(c.counters) for c in result.cores]
+        per_core = [dict() for _ in range(max((len(r.cores) for r in results), default=0))]
+        for r in results:
+            for i, c in enumerate(r.cores):
+                for k, v in c.counters.items():
+                    per_core[i][k] = per_core[i].get(k, 0) + v
         total = {k: sum(c.get(k, 0) for c in per_core)
                  for k in ("macs", "dma_read_bytes", "dma_write_bytes")}
-        cycles = result.cycles
+        timed = all(r.cycles is not None for r in results) and results
+        cycles = sum(r.cycles for r in results) if timed else None
         self.stats = {
+            "runs": len(results),
             "cycles": cycles,
             "macs": total["macs"],
             "utilization": (total["macs"] / (cycles * cfg.macs_per_cycle)
@@ -303,10 +427,45 @@ class Device:
         return "\n".join(parts)
 
 
+class _StatsBatch:
+    def __init__(self, dev):
+        self.dev = dev
+
+    def __enter__(self):
+        self.dev._pending = []
+
+    def __exit__(self, *exc):
+        results, self.dev._pending = self.dev._pending, None
+        if exc[0] is None:
+            self.dev._update_stats(results)
+
+
 class _ProgressLine:
-    def __call__(self, finished, total):
-        print(f"\r  simulating: {finished}/{total} cores finished", end="", flush=True)
+    """A one-line progress bar on stderr, shown once a simulation takes more than a moment."""
+
+    def __init__(self, budget):
+        import time
+        self._time = time.monotonic
+        self.start = self._time()
+        self.budget = budget
+        self.shown = False
+
+    def __call__(self, cycles):
+        elapsed = self._time() - self.start
+        if elapsed < 1.0:
+            return
+        import sys
+        self.shown = True
+        rate = cycles / elapsed
+        # The run's length is unknown until it ends: the bar fills towards the budget.
+        fill = min(20, max(1, int(20 * cycles / self.budget)))
+        sys.stderr.write(f"\r  simulating [{'#' * fill:<20}] {cycles:>9} cycles  "
+                         f"{rate:8.0f} cycles/s")
+        sys.stderr.flush()
 
     def close(self):
-        print("\r", end="", flush=True)
+        if self.shown:
+            import sys
+            sys.stderr.write("\r" + " " * 70 + "\r")
+            sys.stderr.flush()
 

@@ -18,6 +18,9 @@ from .backend import CoreResult, NPUTimeout, RunResult, check_run_arguments
 
 __all__ = ["AmaranthBackend"]
 
+#: How often (in simulated cycles) a progress callback is told how far the run is.
+PROGRESS_CYCLES = 2000
+
 
 class AmaranthBackend:
     """Cycle-exact runs of ``NPU(config)``.
@@ -39,6 +42,8 @@ class AmaranthBackend:
         self.bytes_per_cycle = bytes_per_cycle
 
     def run(self, memory, programs, windows=None, *, max_cycles=1_000_000, progress=None):
+        """Run and return a RunResult; ``progress(cycles)`` is called every PROGRESS_CYCLES
+        simulated cycles if given; past ``max_cycles`` raise NPUTimeout."""
         programs, windows = check_run_arguments(self.config, memory, programs, windows)
         dut = NPU(self.config)
         mem = AXI4Memory(dut.axi, size=len(memory), latency=self.latency,
@@ -66,8 +71,6 @@ class AmaranthBackend:
                 status, _ = await axil_read(ctx, bus, RegisterMap.IRQ_STATUS)
                 finished |= status
                 await axil_write(ctx, bus, RegisterMap.IRQ_STATUS, status)
-                if progress is not None:
-                    progress(bin(finished).count("1"), n)
             out["cores"] = [await _read_core(ctx, bus, i) for i in range(n)]
 
         async def watchdog(ctx):
@@ -79,8 +82,17 @@ class AmaranthBackend:
                 *(v for c in ctrls for v in (c.state, c.error, c.pc, c.counters)))
             raise _BudgetExhausted([_snapshot(*values[4 * i:4 * i + 4]) for i in range(n)])
 
+        async def reporter(ctx):
+            # Progress every PROGRESS_CYCLES simulated cycles (a background process).
+            cycles = 0
+            while True:
+                await ctx.delay(PROGRESS_CYCLES * CLOCK_PERIOD)
+                cycles += PROGRESS_CYCLES
+                progress(cycles)
+
+        processes = [mem.process, watchdog] + ([reporter] if progress is not None else [])
         try:
-            run_simulation(dut, host, processes=[mem.process, watchdog], name="npu")
+            run_simulation(dut, host, processes=processes, name="npu")
         except _BudgetExhausted as exc:
             raise NPUTimeout(max_cycles, exc.cores) from None
         cores = [CoreResult(state=c["state"], error=c["error"], pc=c["pc"],
