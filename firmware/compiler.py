@@ -2,34 +2,39 @@
 
 Memory layout
 -------------
-The driver stores operands in *blocked* layouts that make every DMA row start on a bus-word
-boundary, whatever the array size:
+The driver stores operands in layouts that make every DMA row start on a bus-word boundary,
+whatever the array size (``R`` x ``C`` array, ``G`` = ``sparse_group``, ``B`` = bus bytes):
 
-* activations ``A[M, K]``: K-block ``kb`` (``R`` columns) is a contiguous ``M x a_pitch`` slab,
-  ``a_pitch = roundup(R, bus bytes)``; row m of block kb is at
-  ``a_addr + (kb * M + m) * a_pitch``.
-* weights ``W[K, N]``: N-block ``nb`` (``C`` columns) is a ``K x w_pitch`` slab,
-  ``w_pitch = roundup(C, bus bytes)``.
+* activations ``A[M, K]``: K-group ``q`` (``G * R`` columns, one scratchpad line per row) is a
+  contiguous ``M x a_pitch`` slab, ``a_pitch = roundup(G * R, B)``; row m of group q is at
+  ``a_addr + (q * M + m) * a_pitch``.
+* weights: a list of *tiles*, each ``R + 1`` rows of ``w_pitch = roundup(max(C, R), B)`` bytes:
+  R weight rows (``C`` int8 each) and a metadata row of R gather indices. Tile rows are the
+  non-zero K-rows of one K-group for one N-block (``C`` columns), packed in order: a K-group
+  whose rows are all non-zero gives ``G`` dense tiles; a quarter-dense one a single tile. This
+  is the sparse unit's compressed weight format; the gather indices say which activation byte
+  of the line each array row multiplies.
 * output ``Y[M, N]`` (int8, or int32 for raw results): N-block ``nb`` is an ``M x o_pitch`` slab,
-  ``o_pitch = roundup(C * element bytes, bus bytes)``.
+  ``o_pitch = roundup(C * element bytes, B)``.
 * requantisation parameters: one LOADP record per N-block, ``param_pitch`` bytes apart.
 
 Schedule (per core)
 -------------------
-A core computes a band of output rows. The band is cut into *chunks* of ``mt`` rows; for each
-chunk and each N-block the K-blocks accumulate into one accumulator region; regions alternate
-(two of ``mt`` rows) so the store of one block overlaps the compute of the next. A *tile* is one
-(chunk, N-block, K-block) step: LOAD its weights (and its activations), LOADW, MATMUL.
+A core computes a band of output rows (or of N-blocks). The band is cut into *chunks* of ``mt``
+rows; for each chunk and each N-block the tiles of that N-block accumulate into one accumulator
+region; regions alternate (two of ``mt`` rows) so the store of one block overlaps the compute of
+the next. A *step* is one tile: LOAD its weights (and, streamed, its activations), LOADW,
+MATMUL.
 
-* ``resident`` mode keeps a chunk's activations for all K-blocks in the scratchpad (two chunk
-  buffers, so the next chunk loads while this one computes): activations are read once.
-* ``streamed`` mode (when K is too large for that) loads each tile's activations with it.
+* ``resident`` mode keeps a chunk's activations for all K-groups in the scratchpad (two chunk
+  buffers when the band has several chunks, so the next chunk loads while this one computes).
+* ``streamed`` mode (when K is too large for that) loads each step's activations with it.
 
-Tokens: the load unit pushes one token per tile (load -> execute); the execute unit gives one
-back when the tile's MATMUL has read its lines (``D`` tiles of weight / activation buffers are
-in flight); execute -> store when a block's last K-step is in the accumulator; store -> execute
-when the region has been read. Instructions are emitted in an order where every token a unit
-waits for was emitted earlier, so no queue depth can deadlock a program.
+Tokens: the load unit pushes one token per step (load -> execute); the execute unit gives one
+back when the step's MATMUL has read its lines (``PIPELINE_DEPTH`` steps of buffers are in
+flight); execute -> store when a block's last step is in the accumulator; store -> execute when
+the region has been read. Instructions are emitted in an order where every token a unit waits
+for was emitted earlier, so no queue depth can deadlock a program.
 """
 
 from dataclasses import dataclass, field
@@ -40,11 +45,13 @@ from npu.rtl.isa import param_slot_bytes
 
 from .asm import Program, pack_param_slot
 
-__all__ = ["GemmLayout", "GemmPlan", "plan_gemm", "compile_gemm", "pack_a", "pack_w",
-           "unpack_out", "pack_params", "roundup"]
+__all__ = ["GemmLayout", "GemmPlan", "WeightTiles", "plan_gemm", "compile_gemm", "pack_a",
+           "pack_weights", "unpack_out", "pack_params", "layout_sizes", "roundup"]
 
-#: Tiles in flight between the load and execute units (buffers per kind).
+#: Steps in flight between the load and execute units (buffers per kind).
 PIPELINE_DEPTH = 2
+#: Gather index of an array row that has no weights (padding of a packed tile): reads zero.
+NO_ROW = 0xFF
 
 
 def roundup(value, multiple):
@@ -69,55 +76,103 @@ class GemmLayout:
 
 
 @dataclass
+class WeightTiles:
+    """The packed weights: ``blob`` (bytes for memory) and, per N-block, its tiles as
+    ``(k_group, tile_index)`` in order. ``dense_tiles`` is what packing nothing would take."""
+    blob: np.ndarray
+    per_block: list
+    dense_per_block: list
+
+    @property
+    def tiles(self):
+        return sum(len(t) for t in self.per_block)
+
+    @property
+    def dense_tiles(self):
+        return sum(self.dense_per_block)
+
+
+@dataclass
 class GemmPlan:
     """How a GEMM is split: per core a band of rows (or of N-blocks), chunk size and mode."""
     M: int
     K: int
     N: int
     raw: bool
-    nK: int
+    nQ: int
     nN: int
     bands: list = field(default_factory=list)   # per core: (m0, m1, nb0, nb1)
     mt: int = 0
     resident: bool = True
+    a_buffers: int = 2
 
 
 def layout_sizes(config, M, K, N, raw):
-    """Bytes of each blocked operand and the pitches, for the driver."""
+    """Bytes of each operand's layout and the pitches, for the driver (weights: per tile)."""
     B = config.bus_bytes
     R, C = config.rows, config.cols
-    nK, nN = cdiv(K, R), cdiv(N, C)
-    a_pitch = roundup(R, B)
-    w_pitch = roundup(C, B)
+    GR = config.gather_bytes
+    nQ, nN = cdiv(K, GR), cdiv(N, C)
+    a_pitch = roundup(GR, B)
+    w_pitch = roundup(max(C, R), B)
     o_pitch = roundup(C * (4 if raw else 1), B)
     param_pitch = roundup(param_slot_bytes(C), B)
-    return dict(a_bytes=nK * M * a_pitch, w_bytes=nN * K * w_pitch, o_bytes=nN * M * o_pitch,
-                p_bytes=0 if raw else nN * param_pitch, a_pitch=a_pitch, w_pitch=w_pitch,
-                o_pitch=o_pitch, param_pitch=param_pitch)
+    return dict(a_bytes=nQ * M * a_pitch, tile_bytes=(R + 1) * w_pitch,
+                o_bytes=nN * M * o_pitch, p_bytes=0 if raw else nN * param_pitch,
+                a_pitch=a_pitch, w_pitch=w_pitch, o_pitch=o_pitch, param_pitch=param_pitch)
 
 
 def pack_a(config, a):
-    """int8 [M, K] -> the blocked activation layout (bytes)."""
+    """int8 [M, K] -> the K-grouped activation layout (bytes)."""
     M, K = a.shape
-    R, B = config.rows, config.bus_bytes
-    nK, pitch = cdiv(K, R), roundup(R, B)
-    out = np.zeros((nK, M, pitch), np.uint8)
-    for kb in range(nK):
-        blk = a[:, kb * R:(kb + 1) * R]
-        out[kb, :, :blk.shape[1]] = blk.view(np.uint8)
+    GR, B = config.gather_bytes, config.bus_bytes
+    nQ, pitch = cdiv(K, GR), roundup(GR, B)
+    out = np.zeros((nQ, M, pitch), np.uint8)
+    for q in range(nQ):
+        blk = a[:, q * GR:(q + 1) * GR]
+        out[q, :, :blk.shape[1]] = blk.view(np.uint8)
     return out.reshape(-1)
 
 
-def pack_w(config, w):
-    """int8 [K, N] -> the blocked weight layout (bytes)."""
+def pack_weights(config, w, *, sparse=True):
+    """int8 [K, N] -> packed weight tiles.
+
+    With ``sparse``, K-rows that are zero for a whole N-block are left out and the rest of
+    each K-group packed R to a tile; without, every K-group gives ``ceil(rows / R)`` dense
+    tiles. Either way the gather indices make the result exactly ``A @ w``.
+    """
     K, N = w.shape
-    C, B = config.cols, config.bus_bytes
-    nN, pitch = cdiv(N, C), roundup(C, B)
-    out = np.zeros((nN, K, pitch), np.uint8)
+    R, C, B = config.rows, config.cols, config.bus_bytes
+    GR = config.gather_bytes
+    nQ, nN = cdiv(K, GR), cdiv(N, C)
+    pitch = roundup(max(C, R), B)
+    tiles, per_block, dense = [], [], []
     for nb in range(nN):
-        blk = w[:, nb * C:(nb + 1) * C]
-        out[nb, :, :blk.shape[1]] = blk.view(np.uint8)
-    return out.reshape(-1)
+        cols = w[:, nb * C:(nb + 1) * C]
+        mine = []
+        dense.append(0)
+        for q in range(nQ):
+            ks = np.arange(q * GR, min((q + 1) * GR, K))
+            dense[-1] += cdiv(len(ks), R)
+            if sparse:
+                ks = ks[cols[ks].any(axis=1)]
+            for p in range(0, len(ks), R):
+                rows = ks[p:p + R]
+                tile = np.zeros((R + 1, pitch), np.uint8)
+                tile[:len(rows), :cols.shape[1]] = cols[rows].view(np.uint8)
+                tile[R, :R] = NO_ROW
+                tile[R, :len(rows)] = rows - q * GR
+                mine.append((q, len(tiles)))
+                tiles.append(tile)
+        if not mine:
+            # An all-zero block still has to write zeros: one empty tile does that.
+            tile = np.zeros((R + 1, pitch), np.uint8)
+            tile[R, :R] = NO_ROW
+            mine.append((0, len(tiles)))
+            tiles.append(tile)
+        per_block.append(mine)
+    blob = np.concatenate([t.reshape(-1) for t in tiles]) if tiles else np.zeros(0, np.uint8)
+    return WeightTiles(blob=blob, per_block=per_block, dense_per_block=dense)
 
 
 def unpack_out(config, raw_bytes, M, N, raw):
@@ -158,9 +213,8 @@ def plan_gemm(config, M, K, N, *, raw, cores=None, split="auto"):
         raise ValueError(f"split must be 'auto', 'rows' or 'cols', not {split!r}")
     R, C = config.rows, config.cols
     cores = config.cores if cores is None else cores
-    nK, nN = cdiv(K, R), cdiv(N, C)
-    plan = GemmPlan(M=M, K=K, N=N, raw=raw, nK=nK, nN=nN)
-    # Split rows when each core still gets a useful band; otherwise split N-blocks.
+    nQ, nN = cdiv(K, config.gather_bytes), cdiv(N, C)
+    plan = GemmPlan(M=M, K=K, N=N, raw=raw, nQ=nQ, nN=nN)
     if split == "auto":
         split = "rows" if (M >= cores * min(M, R) or nN < cores) else "cols"
     if split == "rows":
@@ -175,28 +229,31 @@ def plan_gemm(config, M, K, N, *, raw, cores=None, split="auto"):
 
     D = PIPELINE_DEPTH
     acc_limit = config.acc_rows // 2
-    sp_free = config.sp_lines - D * R
-    mt_resident = min(band_rows, acc_limit, max(0, sp_free // (2 * nK)))
-    if mt_resident >= min(band_rows, 32):
-        plan.mt, plan.resident = mt_resident, True
-    else:
-        mt = min(band_rows, acc_limit, (config.sp_lines - D * R) // D)
-        if mt < 1:
-            raise ValueError(f"the scratchpad ({config.scratchpad_bytes} bytes) is too small "
-                             f"for a {R}x{C} array")
-        plan.mt, plan.resident = mt, False
+    sp_free = config.sp_lines - D * (R + 1)
+    if sp_free < D:
+        raise ValueError(f"the scratchpad ({config.scratchpad_bytes} bytes) is too small "
+                         f"for a {R}x{C} array")
+    # Resident: one chunk buffer if the whole band fits, else two (double-buffered).
+    if band_rows <= min(acc_limit, sp_free // nQ):
+        plan.mt, plan.resident, plan.a_buffers = band_rows, True, 1
+        return plan
+    mt_max = min(band_rows, acc_limit, sp_free // (2 * nQ))
+    if mt_max >= min(band_rows, 32):
+        chunks = cdiv(band_rows, mt_max)
+        plan.mt, plan.resident, plan.a_buffers = cdiv(band_rows, chunks), True, 2
+        return plan
+    mt_max = min(band_rows, acc_limit, sp_free // D)
+    chunks = cdiv(band_rows, mt_max)
+    plan.mt, plan.resident, plan.a_buffers = cdiv(band_rows, chunks), False, D
     return plan
 
 
-def compile_gemm(config, plan, layout, *, barrier_after=False):
+def compile_gemm(config, plan, layout, weights, *, barrier_after=False):
     """Emit one Program per core band of ``plan`` (without END; the caller appends it)."""
-    programs = []
-    for band in plan.bands:
-        programs.append(_compile_band(config, plan, layout, band))
+    programs = [_compile_band(config, plan, layout, weights, band) for band in plan.bands]
     # Requantised output needs parameter slots; a band with more N-blocks than slots runs in
     # passes separated by barriers, and every core must pass the same number of barriers.
-    passes = [p for _, p in programs]
-    most = max(passes)
+    most = max(n for _, n in programs)
     out = []
     for prog, n in programs:
         for _ in range(most - n):
@@ -207,17 +264,18 @@ def compile_gemm(config, plan, layout, *, barrier_after=False):
     return out
 
 
-def _compile_band(config, plan, layout, band):
+def _compile_band(config, plan, layout, weights, band):
     R, C = config.rows, config.cols
+    GR = config.gather_bytes
     D = PIPELINE_DEPTH
     m0, m1, nb0, nb1 = band
-    nK, mt = plan.nK, plan.mt
+    nQ, mt = plan.nQ, plan.mt
     slots = config.param_slots
+    tile_bytes = (R + 1) * layout.w_pitch
     prog = Program()
 
     chunks = [(c0, min(c0 + mt, m1)) for c0 in range(m0, m1, mt)]
     nbs = list(range(nb0, nb1))
-    # Passes over N-blocks so that each pass's parameters fit the slots.
     if plan.raw:
         passes = [nbs]
     else:
@@ -225,11 +283,17 @@ def _compile_band(config, plan, layout, band):
 
     # Scratchpad map (lines).
     if plan.resident:
-        a_buf = [b * mt * nK for b in range(2)]
-        w_buf = [2 * mt * nK + s * R for s in range(D)]
+        a_buf = [b * mt * nQ for b in range(plan.a_buffers)]
+        w_base = plan.a_buffers * mt * nQ
     else:
         a_buf = [s * mt for s in range(D)]
-        w_buf = [D * mt + s * R for s in range(D)]
+        w_base = D * mt
+    w_buf = [w_base + s * (R + 1) for s in range(D)]
+
+    def a_load(sp_addr, q, c0, rows):
+        return dict(sp_addr=sp_addr, rows=rows, row_bytes=min(GR, plan.K - q * GR),
+                    stride=layout.a_pitch,
+                    addr=layout.a_addr + (q * plan.M + c0) * layout.a_pitch)
 
     for pass_index, pass_nbs in enumerate(passes):
         if pass_index:
@@ -238,36 +302,33 @@ def _compile_band(config, plan, layout, band):
             for nb in pass_nbs:
                 prog.loadp(nb % slots, layout.param_addr + nb * layout.param_pitch)
 
-        tiles = [(ci, nb, kb) for ci in range(len(chunks)) for nb in pass_nbs
-                 for kb in range(nK)]
-        T = len(tiles)
-        blocks = [(ci, nb) for ci in range(len(chunks)) for nb in pass_nbs]
-        block_of = {blk: j for j, blk in enumerate(blocks)}
+        # One step per weight tile; a block is one (chunk, N-block) pair.
+        steps = []
+        blocks = []
+        for ci in range(len(chunks)):
+            for nb in pass_nbs:
+                tiles = weights.per_block[nb]
+                for p, (q, index) in enumerate(tiles):
+                    steps.append(dict(ci=ci, nb=nb, q=q, index=index, first=p == 0,
+                                      last=p == len(tiles) - 1, block=len(blocks),
+                                      chunk_start=nb == pass_nbs[0] and p == 0))
+                blocks.append((ci, nb))
+        T = len(steps)
 
         def emit_loads(t):
-            ci, nb, kb = tiles[t]
-            c0, c1 = chunks[ci]
-            rows = c1 - c0
+            st = steps[t]
+            c0, c1 = chunks[st["ci"]]
             instrs = []
             if plan.resident:
-                if nb == pass_nbs[0] and kb == 0:
-                    buf = a_buf[ci % 2]
-                    for k in range(nK):
-                        instrs.append(("load", dict(
-                            sp_addr=buf + k * mt, rows=rows,
-                            row_bytes=min(R, plan.K - k * R), stride=layout.a_pitch,
-                            addr=layout.a_addr + (k * plan.M + c0) * layout.a_pitch)))
+                if st["chunk_start"]:
+                    buf = a_buf[st["ci"] % plan.a_buffers]
+                    instrs += [a_load(buf + q * mt, q, c0, c1 - c0) for q in range(nQ)]
             else:
-                instrs.append(("load", dict(
-                    sp_addr=a_buf[t % D], rows=rows, row_bytes=min(R, plan.K - kb * R),
-                    stride=layout.a_pitch,
-                    addr=layout.a_addr + (kb * plan.M + c0) * layout.a_pitch)))
-            k_rows = min(R, plan.K - kb * R)
-            instrs.append(("load", dict(
-                sp_addr=w_buf[t % D], rows=k_rows, row_bytes=min(C, plan.N - nb * C),
-                stride=layout.w_pitch,
-                addr=layout.w_addr + (nb * plan.K + kb * R) * layout.w_pitch)))
-            for i, (_, f) in enumerate(instrs):
+                instrs.append(a_load(a_buf[t % D], st["q"], c0, c1 - c0))
+            instrs.append(dict(sp_addr=w_buf[t % D], rows=R + 1, row_bytes=max(C, R),
+                               stride=layout.w_pitch,
+                               addr=layout.w_addr + st["index"] * tile_bytes))
+            for i, f in enumerate(instrs):
                 deps = []
                 if i == 0 and t >= D:
                     deps.append("pop_next")
@@ -276,23 +337,23 @@ def _compile_band(config, plan, layout, band):
                 prog.load(**f, deps=tuple(deps))
 
         def emit_exec(t):
-            ci, nb, kb = tiles[t]
-            c0, c1 = chunks[ci]
-            j = block_of[(ci, nb)]
-            region = (j % 2) * mt
+            st = steps[t]
+            c0, c1 = chunks[st["ci"]]
+            j = st["block"]
             prog.loadw(w_buf[t % D], deps=("pop_prev",))
             if plan.resident:
-                sp = a_buf[ci % 2] + kb * mt
+                sp = a_buf[st["ci"] % plan.a_buffers] + st["q"] * mt
             else:
                 sp = a_buf[t % D]
             deps = []
             if t + D < T:
                 deps.append("push_prev")
-            if kb == nK - 1:
+            if st["last"]:
                 deps.append("push_next")
-            if kb == 0 and j >= 2:
+            if st["first"] and j >= 2:
                 deps.append("pop_next")
-            prog.matmul(sp, region, c1 - c0, accumulate=kb > 0, deps=tuple(deps))
+            prog.matmul(sp, (j % 2) * mt, c1 - c0, accumulate=not st["first"],
+                        deps=tuple(deps))
 
         def emit_store(j):
             ci, nb = blocks[j]
@@ -310,7 +371,6 @@ def _compile_band(config, plan, layout, band):
             if t + D - 1 < T:
                 emit_loads(t + D - 1)
             emit_exec(t)
-            ci, nb, kb = tiles[t]
-            if kb == nK - 1:
-                emit_store(block_of[(ci, nb)])
+            if steps[t]["last"]:
+                emit_store(steps[t]["block"])
     return prog, len(passes)

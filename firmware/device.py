@@ -118,27 +118,30 @@ class GemmImage:
         return compiler.unpack_out(self.config, out, self.M, self.N, self.raw)
 
 
-def build_gemm_image(config, a, b, *, raw, params=None, split="auto", cores=None):
+def build_gemm_image(config, a, b, *, raw, params=None, split="auto", cores=None,
+                     sparse=True):
     """Compile ``a @ b`` and lay out the memory image: programs first (one 4 KB-aligned area
-    per core), then the blocked activations, weights, parameter records and the output."""
+    per core), then the activations, the packed weight tiles, parameter records and the
+    output."""
     M, K = a.shape
     N = b.shape[1]
     plan = compiler.plan_gemm(config, M, K, N, raw=raw, split=split, cores=cores)
     sizes = compiler.layout_sizes(config, M, K, N, raw)
     a_blk = compiler.pack_a(config, a)
-    w_blk = compiler.pack_w(config, b)
+    weights = compiler.pack_weights(config, b, sparse=sparse)
     p_blk = (compiler.pack_params(config, params["bias"], params["multiplier"],
                                   params["shift"], params["zero_point"], params["act_min"],
                                   params["act_max"])
              if not raw else np.zeros(0, np.uint8))
-    # The program length depends only on the plan: compile once with placeholder addresses to
-    # size the program area, then with the real layout.
+    # The program length depends only on the plan and the tiles: compile once with
+    # placeholder addresses to size the program area, then with the real layout.
     pitches = (sizes["a_pitch"], sizes["w_pitch"], sizes["o_pitch"], sizes["param_pitch"])
-    draft = compiler.compile_gemm(config, plan, compiler.GemmLayout(0, 0, 0, 0, *pitches))
+    draft = compiler.compile_gemm(config, plan, compiler.GemmLayout(0, 0, 0, 0, *pitches),
+                                  weights)
     prog_area = compiler.roundup(max(len(p) + 1 for p in draft) * 16, 4096)
     addr = len(draft) * prog_area
     bases = []
-    for blob in (a_blk, w_blk, p_blk):
+    for blob in (a_blk, weights.blob, p_blk):
         bases.append(addr)
         addr = compiler.roundup(addr + len(blob), 4096)
     o_addr = addr
@@ -147,7 +150,7 @@ def build_gemm_image(config, a, b, *, raw, params=None, split="auto", cores=None
         raise ValueError(f"the workload needs {size} bytes of memory, more than the "
                          f"{config.addr_width}-bit address space")
     layout = compiler.GemmLayout(bases[0], bases[1], o_addr, bases[2], *pitches)
-    programs = compiler.compile_gemm(config, plan, layout)
+    programs = compiler.compile_gemm(config, plan, layout, weights)
     memory = np.zeros(size, np.uint8)
     starts = []
     for i, prog in enumerate(programs):
@@ -155,10 +158,16 @@ def build_gemm_image(config, a, b, *, raw, params=None, split="auto", cores=None
         code = np.frombuffer(prog.to_bytes(), np.uint8)
         memory[i * prog_area:i * prog_area + len(code)] = code
         starts.append(i * prog_area)
-    for base, blob in zip(bases, (a_blk, w_blk, p_blk)):
+    for base, blob in zip(bases, (a_blk, weights.blob, p_blk)):
         memory[base:base + len(blob)] = blob
-    return GemmImage(config, memory, starts, programs, o_addr, sizes["o_bytes"], M, N, raw,
-                     layout)
+    # Array passes the packing saved: each band runs every tile once per row.
+    saved = sum((m1 - m0) * (sum(weights.dense_per_block[nb0:nb1])
+                             - sum(len(t) for t in weights.per_block[nb0:nb1]))
+                for m0, m1, nb0, nb1 in plan.bands)
+    image = GemmImage(config, memory, starts, programs, o_addr, sizes["o_bytes"], M, N, raw,
+                      layout)
+    image.plan, image.weights, image.structured_passes_skipped = plan, weights, saved
+    return image
 
 
 class Device:
@@ -207,7 +216,7 @@ class Device:
     # -- GEMM -------------------------------------------------------------------------------
 
     def gemm(self, a, b, *, bias=None, multiplier=None, shift=None, out_zero_point=0,
-             in_zero_point=0, relu=False):
+             in_zero_point=0, relu=False, sparse=None):
         """``a @ b`` on the NPU.
 
         Without ``multiplier`` the result is the exact int32 product. With ``multiplier`` and
@@ -231,10 +240,10 @@ class Device:
                 if value is not default and not (value == default):
                     raise ValueError(f"{name} needs multiplier and shift (a requantised "
                                      "gemm); without them the result is raw int32")
-            return self._run_gemm(a, b, raw=True)
+            return self._run_gemm(a, b, raw=True, sparse=sparse is not False)
         params = self._requant_params(b, N, bias, multiplier, shift, out_zero_point,
                                       in_zero_point, relu)
-        return self._run_gemm(a, b, raw=False, params=params)
+        return self._run_gemm(a, b, raw=False, params=params, sparse=sparse is not False)
 
     def _requant_params(self, b, N, bias, multiplier, shift, out_zero_point, in_zero_point,
                         relu):
@@ -255,34 +264,37 @@ class Device:
         return dict(bias=folded.astype(np.int64), multiplier=mult, shift=sh,
                     zero_point=zp_out, act_min=act_min, act_max=127)
 
-    def _run_gemm(self, a, b, *, raw, params=None):
-        image = build_gemm_image(self.config, a, b, raw=raw, params=params)
+    def _run_gemm(self, a, b, *, raw, params=None, sparse=True):
+        image = build_gemm_image(self.config, a, b, raw=raw, params=params, sparse=sparse)
         self.last_programs = list(zip(image.starts, image.programs))
         result = self.run(image.memory, image.starts)
+        result.structured_passes_skipped = image.structured_passes_skipped
+        if self._pending is None:
+            self._update_stats([result])
         return image.read_output(result.memory)
 
     # -- layers -------------------------------------------------------------------------------
 
     def linear(self, x, w, *, bias=None, multiplier=None, shift=None, out_zero_point=0,
-               in_zero_point=0, relu=False):
+               in_zero_point=0, relu=False, sparse=None):
         """Fully connected: ``x [batch, in] @ w[out, in].T`` (TFLite's weight layout), with
         the quantisation arguments of :meth:`gemm`. A 1-D ``x`` is one sample."""
         _check_int8_matrix("w", w)
         if isinstance(x, np.ndarray) and x.ndim == 1:
             return self.linear(x[None, :], w, bias=bias, multiplier=multiplier, shift=shift,
                                out_zero_point=out_zero_point, in_zero_point=in_zero_point,
-                               relu=relu)[0]
+                               relu=relu, sparse=sparse)[0]
         _check_int8_matrix("x", x)
         if x.shape[1] != w.shape[1]:
             raise ValueError(f"x has {x.shape[1]} features but w expects {w.shape[1]} "
                              "(w is [out, in])")
         return self.gemm(x, np.ascontiguousarray(w.T), bias=bias, multiplier=multiplier,
                          shift=shift, out_zero_point=out_zero_point,
-                         in_zero_point=in_zero_point, relu=relu)
+                         in_zero_point=in_zero_point, relu=relu, sparse=sparse)
 
     def conv2d(self, x, w, *, bias=None, multiplier=None, shift=None, stride=1,
                padding="valid", in_zero_point=0, out_zero_point=0, relu=False,
-               depthwise=False):
+               depthwise=False, sparse=None):
         """2-D convolution of NHWC int8 ``x`` with HWIO int8 ``w`` ([KH, KW, Cin, Cout]).
 
         The host unfolds the input (im2col, padding with ``in_zero_point``) and the NPU runs
@@ -310,7 +322,8 @@ class Device:
         zp_in = _check_int("in_zero_point", in_zero_point, -128, 127)
         patches, (n, oh, ow) = im2col(x, kh, kw, stride, pad, zp_in)
         quant = dict(bias=bias, multiplier=multiplier, shift=shift,
-                     out_zero_point=out_zero_point, in_zero_point=in_zero_point, relu=relu)
+                     out_zero_point=out_zero_point, in_zero_point=in_zero_point, relu=relu,
+                     sparse=sparse)
         if not depthwise:
             y = self.gemm(patches, w.reshape(kh * kw * cin, cout), **quant)
             return y.reshape(n, oh, ow, cout)
@@ -337,7 +350,7 @@ class Device:
                 for j in range(cg):
                     wbd[:, j, j] = w[:, :, c0 + j, 0].reshape(-1)
                 part = dict(quant)
-                for key in ("bias", "multiplier", "shift"):
+                for key in ("bias", "multiplier", "shift"):  # per channel: this group's
                     part[key] = channel_slice(quant[key], sl)
                 outs.append(self.gemm(np.ascontiguousarray(taps[:, :, sl].reshape(-1, kh * kw * cg)),
                                       wbd.reshape(kh * kw * cg, cg), **part))
@@ -382,10 +395,10 @@ class Device:
             progress.close()
         if any(c.state != CoreState.DONE for c in result.cores):
             raise NPUError(result.cores)
-        if self._pending is None:
-            self._update_stats([result])
-        else:
+        if self._pending is not None:
             self._pending.append(result)
+        else:
+            self._update_stats([result])
         return result
 
     def _batch(self):
@@ -403,8 +416,16 @@ class Device:
                  for k in ("macs", "dma_read_bytes", "dma_write_bytes")}
         timed = all(r.cycles is not None for r in results) and results
         cycles = sum(r.cycles for r in results) if timed else None
+        cfg_macs = cfg.rows * cfg.cols
+        structured = sum(getattr(r, "structured_passes_skipped", 0) for r in results)
+        hw_passes = sum(c.get("passes_skipped", 0) for c in per_core)
+        hw_macs = sum(c.get("macs_skipped", 0) for c in per_core)
         self.stats = {
             "runs": len(results),
+            # Array passes (vectors) not run: packed-away zero weight rows (compiler) plus
+            # zero activation vectors (hardware); MACs likewise, plus gated zero operands.
+            "passes_skipped": structured + hw_passes,
+            "macs_skipped": structured * cfg_macs + hw_macs,
             "cycles": cycles,
             "macs": total["macs"],
             "utilization": (total["macs"] / (cycles * cfg.macs_per_cycle)

@@ -54,6 +54,11 @@ class NPUConfig:
     param_slots : int
         Requantisation parameter slots per core (one slot: per-channel parameters of ``cols``
         output channels). 1..256.
+    sparse_group : int
+        Sub-blocks of ``rows`` activations per scratchpad line (1..16). Each array row gathers
+        its activation from any of the ``sparse_group * rows`` bytes of a line, so a weight
+        tile packed from the non-zero K-rows of up to ``sparse_group`` K-blocks runs in one
+        pass: the zero-skipping speedup is at most ``sparse_group``.
     """
 
     rows: int = 8
@@ -65,6 +70,7 @@ class NPUConfig:
     addr_width: int = 32
     rounding: str = "double"
     param_slots: int = 16
+    sparse_group: int = 4
     # Widths of the datapath; fixed by the INT8 design, kept here so that no constant is
     # repeated elsewhere.
     in_width: int = field(default=8, init=False)
@@ -74,6 +80,7 @@ class NPUConfig:
         _check_positive_int("Array rows", self.rows, maximum=64)
         _check_positive_int("Array columns", self.cols, maximum=64)
         _check_positive_int("Core count", self.cores, maximum=8)
+        _check_positive_int("Sparse group", self.sparse_group, maximum=16)
         _check_positive_int("Scratchpad size", self.scratchpad_bytes)
         if not _is_pow2(self.scratchpad_bytes):
             raise ValueError(
@@ -111,9 +118,15 @@ class NPUConfig:
         return self.rows * self.cols * self.cores
 
     @property
+    def gather_bytes(self):
+        """Bytes of a line an array row can gather its activation from."""
+        return self.sparse_group * self.rows
+
+    @property
     def line_bytes(self):
-        """Width of one scratchpad line: one activation vector or one weight row."""
-        return max(self.rows, self.cols)
+        """Width of one scratchpad line: ``sparse_group`` activation sub-blocks of one row,
+        or one weight row."""
+        return max(self.gather_bytes, self.cols)
 
     @property
     def sp_lines(self):

@@ -19,6 +19,8 @@ COUNTERS = (
     "dma_write_bytes",   # bytes written to external memory (STORE)
     "stall_memory",      # cycles a unit had work but waited on the memory bus
     "stall_dependency",  # cycles a unit had an instruction but waited for a token / barrier
+    "macs_skipped",      # MACs not done for a zero operand (gated, or in a skipped vector)
+    "passes_skipped",    # vectors not issued because their gathered activations were zero
 )
 
 CounterLayout = data.StructLayout({name: 32 for name in COUNTERS})
@@ -61,7 +63,7 @@ class RegisterMap:
     IRQ_STATUS = 0x008   # R / W1C: bit i set when core i reached done or error
     IRQ_ENABLE = 0x00C   # RW: bit i enables core i's interrupt
     CORE_BASE = 0x100
-    CORE_STRIDE = 0x40
+    CORE_STRIDE = 0x80
 
     # Per-core offsets.
     CTRL = 0x00          # W: bit 0 start (ignored while busy)

@@ -66,6 +66,7 @@ class NPUCore(wiring.Component):
                                   depth=config.acc_rows, init=[])
         self.params = Memory(shape=ParamLayout(config.cols), depth=config.param_slots,
                              init=[])
+        self.zflags = Memory(shape=config.sparse_group, depth=config.sp_lines, init=[])
         super().__init__({
             "ctrl": In(CoreControlSignature()),
             "axi": Out(AXI4Signature(addr_width=config.addr_width,
@@ -130,12 +131,21 @@ class NPUCore(wiring.Component):
         wiring.connect(m, store.acc_rd, self.accumulator.read_port())
         wiring.connect(m, load.params, self.params.write_port())
         wiring.connect(m, store.params_rd, self.params.read_port())
+        # Zero flags: written with each loaded line, read ahead asynchronously (small: one bit
+        # per sub-block per line, distributed RAM on an FPGA).
+        m.submodules.zflags = self.zflags
+        wiring.connect(m, load.zflags, self.zflags.write_port())
+        for j in range(ExecuteUnit.LOOKAHEAD):
+            port = self.zflags.read_port(domain="comb")
+            m.d.comb += [port.addr.eq(execute.zf_addr[j]), execute.zf_data[j].eq(port.data)]
 
         # Token semaphores: load -> execute -> store and back.
         sems = {name: Signal(SEMAPHORE_BITS, name=f"sem_{name}")
                 for name in ("l2e", "e2l", "e2s", "s2e")}
-        incs = {"l2e": load.tokens.push[1], "e2l": execute.tokens.push[0],
-                "e2s": execute.tokens.push[1], "s2e": store.tokens.push[0]}
+        incs = {"l2e": load.tokens.push[1],
+                "e2l": execute.tokens.push[0] + execute.late_push[0],
+                "e2s": execute.tokens.push[1] + execute.late_push[1],
+                "s2e": store.tokens.push[0]}
         decs = {"l2e": execute.tokens.pop[0], "e2l": load.tokens.pop[1],
                 "e2s": store.tokens.pop[0], "s2e": execute.tokens.pop[1]}
         for name, sem in sems.items():
@@ -328,6 +338,8 @@ class NPUCore(wiring.Component):
             "stall_memory": load.stall_memory | store.stall_memory,
             "stall_dependency": (load.stall_dependency | execute.stall_dependency
                                  | store.stall_dependency | barrier_wait),
+            "macs_skipped": execute.gated + execute.skipped * (cfg.rows * cfg.cols),
+            "passes_skipped": execute.skipped,
         }
         for name, inc in increments.items():
             counter = getattr(counters, name)

@@ -77,12 +77,21 @@ class LoadParamsBody(data.Struct):
 
 
 class LoadWeightsBody(data.Struct):
-    """LOADW: weight row i <- scratchpad line sp_addr + i, for i < rows (the array's rows)."""
+    """LOADW: into the idle weight bank, weight row i <- the first cols bytes of line
+    sp_addr + i (i < R), and gather index i <- byte i of line sp_addr + R (the metadata line).
+
+    Lane i of each vector a later MATMUL streams is byte ``gather[i]`` of its line (0 when
+    ``gather[i] >= sparse_group * R``): a dense tile of sub-block g has gather[i] = g*R + i; a
+    packed sparse tile names the K-rows its non-zero weight rows belong to."""
     sp_addr: 16
 
 
 class MatmulBody(data.Struct):
-    """MATMUL: for r in range(rows): acc[acc_addr + r] (+)= line(sp_addr + r)[:R] @ W."""
+    """MATMUL: for r in range(rows): acc[acc_addr + r] (+)= gather(line(sp_addr + r)) @ W.
+
+    With ``accumulate``, a row whose gathered sub-blocks are all zero is skipped (not issued
+    to the array; adding zero changes nothing), except the last row of a MATMUL that pushes a
+    token."""
     sp_addr: 16
     acc_addr: 16
     rows: 16
@@ -147,7 +156,7 @@ FIELD_LIMITS = {
     "LOAD": "1 <= rows; sp_addr + rows <= scratchpad lines; 1 <= row_bytes <= line bytes; "
             "addr and stride multiples of the bus bytes",
     "LOADP": "slot < param slots; addr a multiple of the bus bytes",
-    "LOADW": "sp_addr + array rows <= scratchpad lines",
+    "LOADW": "sp_addr + array rows + 1 <= scratchpad lines",
     "MATMUL": "1 <= rows; sp_addr + rows <= scratchpad lines; acc_addr + rows <= acc rows",
     "STORE": "1 <= rows; acc_addr + rows <= acc rows; 1 <= cols <= array cols; "
              "slot < param slots; addr and stride multiples of the bus bytes",

@@ -41,10 +41,12 @@ def ParamLayout(cols):
 
 
 def AccTag(config):
-    """Travels with each vector through the array: where its result goes."""
+    """Travels with each vector through the array: where its result goes, and whether writing
+    it completes a MATMUL that pushes a token to the store unit."""
     return data.StructLayout({
         "addr": unsigned(ceil_log2(config.acc_rows)),
         "accumulate": unsigned(1),
+        "push_next": unsigned(1),
     })
 
 
@@ -285,6 +287,9 @@ class LoadUnit(wiring.Component):
                                          shape=data.ArrayLayout(8, L), granularity=1)),
             "params": In(WritePort.Signature(addr_width=ceil_log2(config.param_slots),
                                              shape=self.param_layout)),
+            # Per line, one bit per sub-block of `rows` bytes: set when it is all zero.
+            "zflags": In(WritePort.Signature(addr_width=ceil_log2(config.sp_lines),
+                                             shape=config.sparse_group)),
             "idle": Out(1),
             "beat": Out(1),          # a data beat arrived (for the byte counter)
             "stall_memory": Out(1),
@@ -330,6 +335,22 @@ class LoadUnit(wiring.Component):
             ]
         sp_base = ins.body.load.sp_addr
         m.d.comb += self.sp.addr.eq(sp_base + r_row)
+
+        # Zero flags of the line being written: which sub-blocks saw a non-zero byte so far.
+        G, R = cfg.sparse_group, cfg.rows
+        seen = Signal(G)
+        beat_nz = Signal(G)
+        for g in range(G):
+            m.d.comb += beat_nz[g].eq(Cat(self.sp.data[k] != 0
+                                          for k in range(g * R, min((g + 1) * R, L))).any())
+        row_nz = Signal(G)
+        m.d.comb += [
+            row_nz.eq(beat_nz | Mux(r_beat == 0, 0, seen)),
+            self.zflags.addr.eq(self.sp.addr),
+            self.zflags.data.eq(~row_nz),
+        ]
+        with m.If(sp_write):
+            m.d.sync += seen.eq(row_nz)
 
         pbuf = Signal(param_beats * B * 8)
         pgot = Signal(param_beats * B * 8)
@@ -382,7 +403,7 @@ class LoadUnit(wiring.Component):
                         with m.If(last_beat):
                             m.d.comb += self.params.en.eq(1)
                     with m.Else():
-                        m.d.comb += sp_write.eq(1)
+                        m.d.comb += [sp_write.eq(1), self.zflags.en.eq(last_beat)]
                     with m.If(last_beat):
                         m.d.sync += r_row.eq(r_row + 1)
                         with m.If(r_row == rows - 1):
@@ -396,58 +417,88 @@ class LoadUnit(wiring.Component):
 
 class ExecuteUnit(wiring.Component):
     """LOADW, MATMUL and NOP: feeds the systolic array from the scratchpad and writes its
-    results into the accumulator.
+    results into the accumulator, skipping zeros.
 
-    Two engines run side by side: the weight engine loads the idle bank (one row per cycle)
-    while the activation engine streams the current bank (one vector per cycle), so weights
-    for the next tile load during the current one. A MATMUL waits for the LOADW before it.
-    Results are written back by read-modify-write, one row per cycle; the accumulator read is
-    transparent, so back-to-back updates of one row see each other.
+    Two engines run side by side: the weight engine loads the idle bank (one row per cycle,
+    then the gather indices) while the activation engine streams the current bank, so the next
+    tile's weights load during the current tile. A MATMUL waits only for the LOADW before it
+    and for the previous MATMUL's last read; its tokens are pushed by the data itself (push_prev
+    when its last vector enters the array, push_next when that vector's result is written), so
+    the unit moves on at once.
+
+    Sparse unit: lane i of a vector is byte ``gather[i]`` of its scratchpad line, so a packed
+    tile draws each row's activation from the K-row its weights belong to. When accumulating,
+    a line whose gathered sub-blocks are all zero (per-line flags written by LOAD) is not issued;
+    the engine looks ``LOOKAHEAD`` lines ahead, so it can pass over that many zero lines per
+    cycle. Zero operands of the vectors it does issue are counted as gated MACs.
     """
+
+    LOOKAHEAD = 4
 
     def __init__(self, config):
         _check_config(config)
         self._config = config
         L = config.line_bytes
-        sp_sig = dict(addr_width=ceil_log2(config.sp_lines), shape=data.ArrayLayout(8, L))
+        G = config.sparse_group
+        W = self.LOOKAHEAD
+        sp_bits = ceil_log2(config.sp_lines)
+        sp_sig = dict(addr_width=sp_bits, shape=data.ArrayLayout(8, L))
         acc_sig = dict(addr_width=ceil_log2(config.acc_rows),
                        shape=data.ArrayLayout(signed(32), config.cols))
         super().__init__({
             "cmd": In(stream.Signature(Instruction)),
             "abort": In(1),
             "tokens": Out(TokenSignature()),
+            "late_push": Out(2),     # MATMUL pushes, when their data has moved
             "sp_w": In(ReadPort.Signature(**sp_sig)),
             "sp_a": In(ReadPort.Signature(**sp_sig)),
+            # Asynchronous reads of the zero flags of the next LOOKAHEAD lines.
+            "zf_addr": Out(data.ArrayLayout(sp_bits, W)),
+            "zf_data": In(data.ArrayLayout(G, W)),
             "acc_rd": In(ReadPort.Signature(**acc_sig)),
             "acc_wr": In(WritePort.Signature(**acc_sig)),
             "idle": Out(1),
             "vector": Out(1),        # a vector entered the array this cycle
+            "skipped": Out(range(W + 1)),                        # vectors skipped this cycle
+            "gated": Out(range(config.rows * config.cols + 1)),  # zero-operand MACs issued
             "stall_dependency": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
-        R, C = cfg.rows, cfg.cols
+        R, C, G, L = cfg.rows, cfg.cols, cfg.sparse_group, cfg.line_bytes
+        GR = cfg.gather_bytes
+        W = self.LOOKAHEAD
         m.submodules.array = array = SystolicArray(cfg, tag_shape=AccTag(cfg))
         m.d.comb += array.o.ready.eq(1)
 
         ins = Signal(Instruction)
         cur_bank = Signal()
 
-        # Weight engine: R lines -> array.w, one row per cycle when the bank is free.
-        w_left = Signal(range(R + 1))
+        # Per bank: gather indices, the sub-blocks they use, zero weights per row.
+        gather = [[Signal(8, name=f"gather{b}_{i}") for i in range(R)] for b in range(2)]
+        used = [Signal(G, name=f"used{b}") for b in range(2)]
+        wzero = [[Signal(range(C + 1), name=f"wzero{b}_{i}") for i in range(R)]
+                 for b in range(2)]
+
+        # Weight engine: R weight lines -> array.w, then the metadata line -> gather indices.
+        w_left = Signal(range(R + 2))
         w_addr = Signal(len(self.sp_w.addr))
-        w_row = Signal(range(R))
+        w_row = Signal(range(R + 1))
         w_bank = Signal()
-        w_s1 = Signal()           # a line is on the read port's output
-        w_s1_row = Signal(range(R))
+        w_s1 = Signal()
+        w_s1_row = Signal(range(R + 1))
+        w_taken = Signal()
         w_adv = Signal()
+        bank_free = Signal()
         m.d.comb += [
-            w_adv.eq(~w_s1 | array.w.ready),
+            bank_free.eq(~array.bank_busy.bit_select(w_bank, 1)),
+            w_taken.eq(w_s1 & Mux(w_s1_row < R, array.w.ready, bank_free)),
+            w_adv.eq(~w_s1 | w_taken),
             self.sp_w.en.eq(w_adv),
             self.sp_w.addr.eq(w_addr),
-            array.w.valid.eq(w_s1),
+            array.w.valid.eq(w_s1 & (w_s1_row < R)),
             array.w.p.row.eq(w_s1_row),
             array.w.p.bank.eq(w_bank),
         ]
@@ -457,46 +508,117 @@ class ExecuteUnit(wiring.Component):
             m.d.sync += [w_s1.eq(w_left != 0), w_s1_row.eq(w_row)]
             with m.If(w_left != 0):
                 m.d.sync += [w_left.eq(w_left - 1), w_addr.eq(w_addr + 1), w_row.eq(w_row + 1)]
+        zeros_in_row = Signal(range(C + 1))
+        m.d.comb += zeros_in_row.eq(sum(self.sp_w.data[j] == 0 for j in range(C)))
+        for b in range(2):
+            with m.If(w_taken & (w_bank == b)):
+                with m.If(w_s1_row < R):
+                    with m.Switch(w_s1_row):
+                        for i in range(R):
+                            with m.Case(i):
+                                m.d.sync += wzero[b][i].eq(zeros_in_row)
+                with m.Else():
+                    use = Signal(G, name=f"use{b}")
+                    for g in range(G):
+                        m.d.comb += use[g].eq(Cat(
+                            (self.sp_w.data[i] >= g * R) & (self.sp_w.data[i] < (g + 1) * R)
+                            for i in range(R)).any())
+                    m.d.sync += used[b].eq(use)
+                    for i in range(R):
+                        m.d.sync += gather[b][i].eq(self.sp_w.data[i])
         w_busy = Signal()
         m.d.comb += w_busy.eq((w_left != 0) | w_s1)
 
-        # Activation engine: rows lines -> array.a with the current bank and the tag.
+        # Activation engine, issue stage: pick the first of the next LOOKAHEAD lines that is
+        # not skipped, read it; step over the skipped ones.
         a_left = Signal(16)
         a_addr = Signal(len(self.sp_a.addr))
         a_acc = Signal(ceil_log2(cfg.acc_rows))
         a_accumulate = Signal()
         a_bank = Signal()         # latched per MATMUL: a later LOADW flips cur_bank
-        a_s1 = Signal()
-        a_s1_bank = Signal()
-        a_s1_tag = Signal(AccTag(cfg))
+        a_push_prev = Signal()
+        a_push_next = Signal()
+        a_used = Signal(G)
+        m.d.comb += a_used.eq(Mux(a_bank, used[1], used[0]))
+
+        s1 = Signal()
+        s1_bank = Signal()
+        s1_tag = Signal(AccTag(cfg))
+        s1_push_prev = Signal()
+        s1_taken = Signal()
         a_adv = Signal()
         m.d.comb += [
-            a_adv.eq(~a_s1 | array.a.ready),
-            self.sp_a.en.eq(a_adv),
-            self.sp_a.addr.eq(a_addr),
-            array.a.valid.eq(a_s1),
-            array.a.p.bank.eq(a_s1_bank),
-            array.a.p.tag.eq(a_s1_tag),
-            self.vector.eq(array.a.valid & array.a.ready),
+            s1_taken.eq(s1 & array.a.ready),
+            a_adv.eq(~s1 | s1_taken),
         ]
-        for i in range(R):
-            m.d.comb += array.a.p.data[i].eq(self.sp_a.data[i])
-        with m.If(a_adv):
-            m.d.sync += [
-                a_s1.eq(a_left != 0),
-                a_s1_bank.eq(a_bank),
-                a_s1_tag.addr.eq(a_acc),
-                a_s1_tag.accumulate.eq(a_accumulate),
+
+        keep = Signal(W)          # candidate j must be issued
+        for j in range(W):
+            last = a_left == j + 1
+            skip = (a_accumulate & ((self.zf_data[j] & a_used) == a_used)
+                    & ~(last & (a_push_prev | a_push_next)))
+            m.d.comb += [
+                self.zf_addr[j].eq(a_addr + j),
+                keep[j].eq((a_left > j) & ~skip),
             ]
-            with m.If(a_left != 0):
-                m.d.sync += [a_left.eq(a_left - 1), a_addr.eq(a_addr + 1), a_acc.eq(a_acc + 1)]
+        pick = Signal(range(W))
+        for j in reversed(range(W)):
+            with m.If(keep[j]):
+                m.d.comb += pick.eq(j)
+        found = keep.any()
+        step = Signal(range(W + 1))
+        m.d.comb += step.eq(Mux(found, pick + 1, Mux(a_left < W, a_left, W)))
+        active = Signal()
+        m.d.comb += [
+            active.eq(a_adv & (a_left != 0)),
+            self.sp_a.en.eq(a_adv),
+            self.sp_a.addr.eq(a_addr + pick),
+            self.skipped.eq(Mux(active, step - found, 0)),
+        ]
+        with m.If(a_adv):
+            m.d.sync += s1.eq(active & found)
+        with m.If(active):
+            issued_last = found & (a_left == pick + 1)
+            m.d.sync += [
+                a_left.eq(a_left - step), a_addr.eq(a_addr + step), a_acc.eq(a_acc + step),
+                s1_bank.eq(a_bank),
+                s1_tag.addr.eq(a_acc + pick),
+                s1_tag.accumulate.eq(a_accumulate),
+                s1_tag.push_next.eq(issued_last & a_push_next),
+                s1_push_prev.eq(issued_last & a_push_prev),
+            ]
+
+        # Read stage: gather the lanes from the line, offer the vector to the array.
+        line = self.sp_a.data
+        lanes = []
+        for i in range(R):
+            lane = Signal(signed(8), name=f"lane{i}")
+            idx = Mux(s1_bank, gather[1][i], gather[0][i])
+            with m.Switch(idx):
+                for b in range(min(GR, L)):
+                    with m.Case(b):
+                        m.d.comb += lane.eq(line[b])
+            lanes.append(lane)
+            m.d.comb += array.a.p.data[i].eq(lane)
+        m.d.comb += [
+            array.a.valid.eq(s1),
+            array.a.p.bank.eq(s1_bank),
+            array.a.p.tag.eq(s1_tag),
+            self.vector.eq(s1_taken),
+        ]
+        gated = Signal.like(self.gated)
+        m.d.comb += gated.eq(sum(Mux(lanes[i] == 0, C,
+                                     Mux(s1_bank, wzero[1][i], wzero[0][i]))
+                                 for i in range(R)))
+        m.d.comb += self.gated.eq(Mux(s1_taken, gated, 0))
         a_busy = Signal()
-        m.d.comb += a_busy.eq((a_left != 0) | a_s1)
+        m.d.comb += a_busy.eq((a_left != 0) | s1)
 
         # Write-back: read the row at the array's output, add, write one cycle later.
         wb_valid = Signal()
         wb_addr = Signal.like(self.acc_wr.addr)
         wb_accumulate = Signal()
+        wb_push_next = Signal()
         wb_data = Signal(data.ArrayLayout(signed(32), C))
         m.d.comb += [
             self.acc_rd.addr.eq(array.o.p.tag.addr),
@@ -511,8 +633,10 @@ class ExecuteUnit(wiring.Component):
             wb_valid.eq(array.o.valid),
             wb_addr.eq(array.o.p.tag.addr),
             wb_accumulate.eq(array.o.p.tag.accumulate),
+            wb_push_next.eq(array.o.valid & array.o.p.tag.push_next),
             wb_data.eq(array.o.p.data),
         ]
+        m.d.comb += self.late_push.eq(Cat(s1_taken & s1_push_prev, wb_push_next))
         drained = Signal()
         m.d.comb += drained.eq(~a_busy & (array.bank_busy == 0) & ~wb_valid)
 
@@ -532,47 +656,31 @@ class ExecuteUnit(wiring.Component):
                 with m.Else():
                     m.d.comb += self.stall_dependency.eq(1)
             with m.State("EXEC"):
-                has_push = ins.deps.push_prev | ins.deps.push_next
                 with m.Switch(ins.op):
                     with m.Case(Opcode.LOADW):
                         with m.If(~w_busy):
                             m.d.sync += [
-                                w_left.eq(R), w_addr.eq(ins.body.loadw.sp_addr), w_row.eq(0),
-                                w_bank.eq(~cur_bank), cur_bank.eq(~cur_bank),
+                                w_left.eq(R + 1), w_addr.eq(ins.body.loadw.sp_addr),
+                                w_row.eq(0), w_bank.eq(~cur_bank), cur_bank.eq(~cur_bank),
                             ]
                             m.next = "LOADW_WAIT"
                     with m.Case(Opcode.MATMUL):
-                        # The weights this MATMUL needs must be in; the previous MATMUL must
-                        # have issued all its vectors (one activation engine).
+                        # The weights must be in, and the previous MATMUL's reads issued.
                         with m.If(~w_busy & (a_left == 0)):
                             mm = ins.body.matmul
                             m.d.sync += [
                                 a_left.eq(mm.rows), a_addr.eq(mm.sp_addr),
                                 a_acc.eq(mm.acc_addr), a_accumulate.eq(mm.accumulate),
-                                a_bank.eq(cur_bank),
+                                a_bank.eq(cur_bank), a_push_prev.eq(ins.deps.push_prev),
+                                a_push_next.eq(ins.deps.push_next),
                             ]
-                            m.next = "STREAM"
+                            m.next = "IDLE"   # its pushes travel with its last vector
                     with m.Default():
                         m.next = "FINISH"
             with m.State("LOADW_WAIT"):
                 # Without pushes the next instruction may start while the rows load.
                 has_push = ins.deps.push_prev | ins.deps.push_next
                 with m.If(~has_push | ~w_busy):
-                    m.next = "FINISH"
-            with m.State("STREAM"):
-                # Without pushes the stream runs on while the next instruction (typically the
-                # next tile's LOADW) starts.
-                has_push = ins.deps.push_prev | ins.deps.push_next
-                with m.If(~has_push):
-                    m.next = "FINISH"
-                with m.Elif(~a_busy):
-                    with m.If(ins.deps.push_next):
-                        m.next = "DRAIN"
-                    with m.Else():
-                        m.next = "FINISH"
-            with m.State("DRAIN"):
-                # The store unit may read these rows only once they are written.
-                with m.If(drained):
                     m.next = "FINISH"
             with m.State("FINISH"):
                 _TokenWait.push(m, ins.deps, self.tokens)

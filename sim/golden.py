@@ -64,10 +64,14 @@ Instructions
     ``LoadParamsBody``; :func:`npu.firmware.asm.param_slot_dtype`).
 
     LOADW: weight row ``i`` <- the first ``cols`` bytes of line ``sp_addr + i``, as int8, for
-    ``i < rows`` of the array (row ``i`` is reduction index ``k = i``).
+    ``i < R`` (the array's rows), and gather index ``i`` <- byte ``i`` of line ``sp_addr + R``.
 
-    MATMUL: for r < rows, ``acc[acc_addr + r] = (acc[acc_addr + r] if accumulate else 0) +
-    line(sp_addr + r)[:array rows] as int8 @ W``, wrapping to int32.
+    MATMUL: for r < rows, the vector ``x[i] = line(sp_addr + r)[gather[i]]`` as int8 (0 when
+    ``gather[i] >= sparse_group * R``), and ``acc[acc_addr + r] = (acc[acc_addr + r] if
+    accumulate else 0) + x @ W``, wrapping to int32. With ``accumulate``, row r is *skipped*
+    (not issued) when every sub-block ``g`` (bytes ``[g*R, (g+1)*R)`` of the line) that some
+    gather index points into is all zero, unless r is the last row and the MATMUL pushes a
+    token.
 
     STORE: for r < rows, the first ``cols`` lanes of ``acc[acc_addr + r]`` go to ``addr +
     r*stride``: with ``raw`` as ``cols`` little-endian int32, else as ``cols`` int8 from
@@ -79,7 +83,9 @@ Instructions
     NOP: nothing (its flags still pop and push, on the execute unit).
 
 Counters (exact integers here; the hardware registers wrap at 32 bits)
-    ``macs``: array rows x array cols per MATMUL row. ``dma_read_bytes``: beats x B read by LOAD
+    ``macs``: array rows x array cols per issued MATMUL row. ``passes_skipped``: skipped rows.
+    ``macs_skipped``: rows x cols per skipped row, plus per issued row ``sum_i (cols if x[i] == 0
+    else zero weights in row i)``. ``dma_read_bytes``: beats x B read by LOAD
     and LOADP (instruction fetch is not counted). ``dma_write_bytes``: beats x B written by
     STORE, ``ceil(n / B)`` beats per row.
 
@@ -101,6 +107,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 
 import numpy as np
+
 from npu.firmware.asm import DEP_FLAGS, decode, unpack_param_slot
 from npu.firmware.quant import requantize
 from npu.rtl.config import NPUConfig
@@ -210,10 +217,12 @@ class _Core:
         self.pc = start
         self.phase = "dispatch"  # dispatch, barrier, end, draining, done, error
         self.error = ErrorCode.NONE
-        self.counters = {"macs": 0, "dma_read_bytes": 0, "dma_write_bytes": 0}
+        self.counters = {"macs": 0, "dma_read_bytes": 0, "dma_write_bytes": 0,
+                         "macs_skipped": 0, "passes_skipped": 0}
         self.sp = np.zeros((cfg.sp_lines, cfg.line_bytes), dtype=np.uint8)
         self.acc = np.zeros((cfg.acc_rows, cfg.cols), dtype=np.int32)
         self.weights = np.zeros((cfg.rows, cfg.cols), dtype=np.int8)
+        self.gather = np.zeros(cfg.rows, dtype=np.int64)
         zero_slot = unpack_param_slot(cfg.cols, bytes(param_slot_bytes(cfg.cols)))
         self.params = [zero_slot] * cfg.param_slots
         self.sem = {}
@@ -246,7 +255,7 @@ class _Core:
         elif op is Opcode.LOADP:
             ok = f["slot"] < cfg.param_slots
         elif op is Opcode.LOADW:
-            ok = f["sp_addr"] + cfg.rows <= cfg.sp_lines
+            ok = f["sp_addr"] + cfg.rows + 1 <= cfg.sp_lines
         elif op is Opcode.MATMUL:
             ok = (f["rows"] >= 1 and f["sp_addr"] + f["rows"] <= cfg.sp_lines
                   and f["acc_addr"] + f["rows"] <= cfg.acc_rows)
@@ -378,17 +387,37 @@ class _Core:
 
     def _exec_loadw(self, instr):
         sp_addr = instr.fields["sp_addr"]
-        self.weights = self.sp[sp_addr:sp_addr + self.cfg.rows, :self.cfg.cols].view(np.int8).copy()
+        R = self.cfg.rows
+        self.weights = self.sp[sp_addr:sp_addr + R, :self.cfg.cols].view(np.int8).copy()
+        self.gather = self.sp[sp_addr + R, :R].astype(np.int64)
 
     def _exec_matmul(self, instr):
         f = instr.fields
+        cfg = self.cfg
+        R, C = cfg.rows, cfg.cols
         rows, sp_addr, acc_addr = f["rows"], f["sp_addr"], f["acc_addr"]
-        x = self.sp[sp_addr:sp_addr + rows, :self.cfg.rows].view(np.int8).astype(np.int64)
+        lines = self.sp[sp_addr:sp_addr + rows].view(np.int8).astype(np.int64)
+        valid = self.gather < cfg.gather_bytes
+        x = np.where(valid, lines[:, np.minimum(self.gather, cfg.line_bytes - 1)], 0)
+        # Skipping: with accumulate, a row whose used sub-blocks are all zero adds nothing.
+        used = sorted({int(g) // R for g in self.gather[valid]})
+        zero_blocks = np.ones(rows, bool)
+        for g in used:
+            zero_blocks &= ~lines[:, g * R:(g + 1) * R].any(axis=1)
+        skipped = zero_blocks & bool(f["accumulate"])
+        if instr.deps & {"push_prev", "push_next"}:
+            skipped[-1] = False
         product = x @ self.weights.astype(np.int64)
         if f["accumulate"]:
             product += self.acc[acc_addr:acc_addr + rows]
         self.acc[acc_addr:acc_addr + rows] = _wrap_int32(product)
-        self.counters["macs"] += rows * self.cfg.rows * self.cfg.cols
+        issued = x[~skipped]
+        zero_weights = (self.weights == 0).sum(axis=1)
+        gated = np.where(issued == 0, C, zero_weights[None, :]).sum()
+        n_skipped = int(skipped.sum())
+        self.counters["macs"] += (rows - n_skipped) * R * C
+        self.counters["passes_skipped"] += n_skipped
+        self.counters["macs_skipped"] += n_skipped * R * C + int(gated)
 
     def _exec_store(self, instr):
         f = instr.fields

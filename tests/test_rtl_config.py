@@ -9,8 +9,10 @@ def test_defaults_describe_an_8x8_single_core_npu():
     c = NPUConfig()
     assert (c.rows, c.cols, c.cores, c.bus_width, c.rounding) == (8, 8, 1, 64, "double")
     assert c.macs_per_cycle == 64
-    assert c.line_bytes == 8 and c.bus_bytes == 8
-    assert c.sp_lines == c.scratchpad_bytes // 8
+    # A line holds sparse_group (4) sub-blocks of 8 activations: 32 bytes.
+    assert c.sparse_group == 4 and c.gather_bytes == 32
+    assert c.line_bytes == 32 and c.bus_bytes == 8
+    assert c.sp_lines == c.scratchpad_bytes // 32
 
 
 def test_config_is_frozen():
@@ -33,8 +35,9 @@ def test_config_takes_keywords_only():
     ({"cores": 0}, ValueError, "Core count must be a positive integer, not 0"),
     ({"scratchpad_bytes": 1000}, ValueError,
      "Scratchpad size must be a power of two, not 1000"),
-    ({"scratchpad_bytes": 64}, ValueError,
-     "Scratchpad size must hold at least 16 lines of 8 bytes, not 64"),
+    ({"scratchpad_bytes": 256}, ValueError,
+     "Scratchpad size must hold at least 16 lines of 32 bytes, not 256"),
+    ({"sparse_group": 17}, ValueError, "Sparse group must be at most 16, not 17"),
     ({"acc_rows": 100}, ValueError, "Accumulator rows must be a power of two, not 100"),
     ({"acc_rows": 4}, ValueError, "Accumulator rows must be at least the array rows (8), not 4"),
     ({"bus_width": 48}, ValueError, "Bus width must be one of 32, 64, 128 bits, not 48"),
@@ -50,5 +53,6 @@ def test_bad_values_raise_exact_messages(kwargs, exc, message):
 
 
 def test_non_square_and_tiny_arrays_are_valid():
-    assert NPUConfig(rows=2, cols=3).line_bytes == 3
+    assert NPUConfig(rows=2, cols=3).line_bytes == 8
+    assert NPUConfig(rows=2, cols=3, sparse_group=1).line_bytes == 3
     assert NPUConfig(rows=1, cols=1).macs_per_cycle == 1

@@ -68,10 +68,11 @@ def test_dense_gemm_counters_add_up():
     assert sum(x["macs"] for x in c) == M * N * K
     # One vector per cycle enters the array; each carries rows x cols MACs.
     assert all(x["macs"] == x["array_busy"] * 16 for x in c)
-    # Bus bytes: a 4-byte activation or weight row is one 8-byte beat. Activations are read
-    # once per core band (2 K-blocks), weights once per core (2 x 2 tiles of 4 rows); results
-    # once, 4 int32 lanes = 2 beats per row per N-block.
-    assert sum(x["dma_read_bytes"] for x in c) == M * 2 * 8 + 2 * (2 * 2 * 4 * 8)
+    # Bus bytes. Activations: once per core band, the K = 8 bytes of each row's K-group line
+    # (one beat). Weights: each core reads 2 N-blocks x 2 tiles, a tile being 4 weight rows
+    # and a gather row of one 8-byte beat each. Results: 4 int32 lanes = 2 beats per row per
+    # N-block.
+    assert sum(x["dma_read_bytes"] for x in c) == M * 8 + 2 * (2 * 2 * 5 * 8)
     assert sum(x["dma_write_bytes"] for x in c) == M * N * 4
     for x in c:
         assert x["array_busy"] <= x["cycles"]
@@ -87,7 +88,7 @@ def test_64_cubed_gemm_on_two_8x8_cores_is_exact_and_takes_a_fixed_cycle_count()
     np.testing.assert_array_equal(image.read_output(hw.memory), a.astype(np.int64) @ b)
     np.testing.assert_array_equal(hw.memory, gold.memory)
     print(f"64x64x64 int8 GEMM, 2 cores of 8x8: {hw.cycles} cycles")
-    assert hw.cycles == 4128
+    assert hw.cycles == 3132
     assert sum(c.counters["macs"] for c in hw.cores) == 64 ** 3
 
 
@@ -100,20 +101,21 @@ def two_layer_image(config, rng):
               shift=np.full(8, -6), zero_point=0, act_min=-128, act_max=127)
     first = build_gemm_image(config, a, w1, raw=False, params=p1, split="rows")
     y1 = requantize(a.astype(np.int64) @ w1, 0, 1 << 30, -6, 0, -128, 127)
-    # Layer 1's blocked int8 output is exactly layer 2's blocked input (square array).
+    # With sparse_group 1 and a square array, layer 1's blocked int8 output is exactly layer
+    # 2's K-grouped input.
     lay = first.layout
     sizes = compiler.layout_sizes(config, 16, 8, 8, True)
     assert sizes["a_pitch"] == lay.o_pitch
+    weights2 = compiler.pack_weights(config, w2)
     w2_addr = len(first.memory)
-    out2 = w2_addr + 4096
+    out2 = w2_addr + compiler.roundup(len(weights2.blob), 4096)
     memory = np.zeros(out2 + sizes["o_bytes"], np.uint8)
     memory[:len(first.memory)] = first.memory
-    w2_blk = compiler.pack_w(config, w2)
-    memory[w2_addr:w2_addr + len(w2_blk)] = w2_blk
+    memory[w2_addr:w2_addr + len(weights2.blob)] = weights2.blob
     plan2 = compiler.plan_gemm(config, 16, 8, 8, raw=True, split="cols")
     layout2 = compiler.GemmLayout(lay.out_addr, w2_addr, out2, 0, sizes["a_pitch"],
                                   sizes["w_pitch"], sizes["o_pitch"], sizes["param_pitch"])
-    second = compiler.compile_gemm(config, plan2, layout2)
+    second = compiler.compile_gemm(config, plan2, layout2, weights2)
     starts = []
     for i in range(2):
         prog = Program(first.programs[i].words[:-1])   # drop the END
@@ -128,7 +130,7 @@ def two_layer_image(config, rng):
 
 
 def test_barrier_orders_a_two_layer_program_across_cores():
-    config = NPUConfig(rows=4, cols=4, cores=2)
+    config = NPUConfig(rows=4, cols=4, cores=2, sparse_group=1)
     memory, starts, (out, nbytes), expected = two_layer_image(config, np.random.default_rng(3))
     hw = AmaranthBackend(config).run(memory, starts)
     gold = GoldenBackend(config).run(memory, starts)
@@ -149,9 +151,10 @@ def good_program(base):
     """Core 1's program: y = a @ w on data inside its own window."""
     p = Program()
     p.load(0, 4, 4, 8, base + 0x1100)                         # weights
-    p.load(4, 4, 4, 8, base + 0x1000, deps=("push_next",))    # activations
+    p.load(4, 1, 4, 8, base + 0x1180)                         # gather indices 0..3
+    p.load(8, 4, 4, 8, base + 0x1000, deps=("push_next",))    # activations
     p.loadw(0, deps=("pop_prev",))
-    p.matmul(4, 0, 4, deps=("push_next",))
+    p.matmul(8, 0, 4, deps=("push_next",))
     p.store(0, 4, 4, 16, base + 0x2000, raw=True, deps=("pop_prev",))
     p.end()
     return p
@@ -160,7 +163,7 @@ def good_program(base):
 BAD_PROGRAMS = {
     "illegal_opcode": (lambda p: p.word(0xF), ErrorCode.ILLEGAL_OPCODE),
     "rows_zero": (lambda p: p.matmul(0, 0, 0), ErrorCode.ILLEGAL_FIELD),
-    "row_bytes_too_wide": (lambda p: p.load(0, 1, 5, 8, 0x1000), ErrorCode.ILLEGAL_FIELD),
+    "row_bytes_too_wide": (lambda p: p.load(0, 1, 17, 8, 0x1000), ErrorCode.ILLEGAL_FIELD),
     "cols_too_wide": (lambda p: p.store(0, 1, 5, 16, 0x2000, raw=True), ErrorCode.ILLEGAL_FIELD),
     "acc_overflow": (lambda p: p.matmul(0, 1023, 2), ErrorCode.ILLEGAL_FIELD),
     "load_pops_prev": (lambda p: p.load(0, 1, 4, 8, 0x1000, deps=("pop_prev",)),
@@ -182,7 +185,8 @@ def test_bad_instruction_halts_its_core_only_and_writes_nothing_outside_its_wind
     emit, code = BAD_PROGRAMS[case]
     memory = np.zeros(0x10000, np.uint8)
     rng = np.random.default_rng(1)
-    memory[0x5000:0x5200] = rng.integers(0, 256, 0x200, dtype=np.uint8)
+    memory[0x5000:0x5180] = rng.integers(0, 256, 0x180, dtype=np.uint8)
+    memory[0x5180:0x5184] = [0, 1, 2, 3]
     memory[0x3000:0x4000] = 0xA5           # core 0's own data: must stay unless written legally
     bad = Program()
     bad.store(0, 1, 4, 16, 0x2000, raw=True)    # a legal store before the bad instruction
@@ -196,7 +200,7 @@ def test_bad_instruction_halts_its_core_only_and_writes_nothing_outside_its_wind
     assert (c0.state, c0.error, c0.pc) == (CoreState.ERROR, code, 16)
     assert c1.state == CoreState.DONE
     a = memory[0x5000:0x5100].view(np.int8).reshape(-1, 8)[:4, :4]
-    w = memory[0x5100:0x5200].view(np.int8).reshape(-1, 8)[:4, :4]
+    w = memory[0x5100:0x5180].view(np.int8).reshape(-1, 8)[:4, :4]
     got = hw.memory[0x6000:0x6040].view("<i4").reshape(4, 4)
     np.testing.assert_array_equal(got, a.astype(np.int32) @ w)
     # Outside core 0's window only core 1's output changed; inside it only the legal store.

@@ -5,6 +5,7 @@ from functools import partial
 import pytest
 from amaranth import Module, Signal
 from amaranth.back import rtlil
+
 from npu.rtl.bus import RESP_OKAY, RESP_SLVERR
 from npu.rtl.config import NPUConfig
 from npu.rtl.control import COUNTERS, NPU_ID, RegisterMap
@@ -217,7 +218,7 @@ def test_csr_irq_rises_the_cycle_after_the_state_change():
 
 
 def test_csr_unmapped_and_read_only_accesses_answer_slverr_and_change_nothing():
-    unmapped = [0x010, 0x0FC, RegisterMap.core(0, 0x3C), RegisterMap.core(2, RegisterMap.CTRL),
+    unmapped = [0x010, 0x0FC, RegisterMap.core(0, RegisterMap.COUNTER_BASE + 4 * len(COUNTERS)), RegisterMap.core(2, RegisterMap.CTRL),
                 RegisterMap.core(2, RegisterMap.PROG_ADDR), 0xFFC]
     read_only = [RegisterMap.ID, RegisterMap.CONFIG, RegisterMap.core(1, RegisterMap.STATUS),
                  RegisterMap.core(1, RegisterMap.PC), RegisterMap.counter(0, "macs")]
