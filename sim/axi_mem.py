@@ -61,6 +61,7 @@ from collections import deque
 
 import numpy as np
 from amaranth.lib import wiring
+
 from npu.rtl.bus import BURST_INCR, RESP_OKAY, RESP_SLVERR, AXI4Signature
 
 __all__ = ["AXI4Memory", "AXIProtocolError"]

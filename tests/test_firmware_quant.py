@@ -9,6 +9,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+
 from npu.firmware.quant import (
     INT32_MAX,
     INT32_MIN,

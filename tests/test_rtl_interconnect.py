@@ -6,6 +6,7 @@ from functools import partial
 import pytest
 from amaranth import ClockDomain, Module
 from amaranth.back import rtlil
+
 from npu.rtl.bus import AXI4Signature
 from npu.rtl.interconnect import AXI4Arbiter
 from npu.sim.amaranth_sim import run_simulation

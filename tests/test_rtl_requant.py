@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+
 from npu.firmware.quant import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier, requantize
 from npu.rtl.config import NPUConfig
 from npu.rtl.requant import Requantiser

@@ -5,6 +5,7 @@ import pytest
 from amaranth.hdl import ClockDomain, Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
+
 from npu.rtl.bus import BURST_INCR, RESP_OKAY, RESP_SLVERR, AXI4Signature
 from npu.sim.amaranth_sim import run_simulation
 from npu.sim.axi_mem import AXI4Memory, AXIProtocolError
