@@ -1,1 +1,5 @@
-"""npu.firmware"""
+"""npu.firmware: what the host runs to drive the NPU."""
+
+from .device import Device, NPUError
+
+__all__ = ["Device", "NPUError"]
