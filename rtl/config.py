@@ -81,6 +81,11 @@ class NPUConfig:
         _check_positive_int("Array columns", self.cols, maximum=64)
         _check_positive_int("Core count", self.cores, maximum=8)
         _check_positive_int("Sparse group", self.sparse_group, maximum=16)
+        if self.sparse_group * self.rows > 128:
+            # Gather indices are one byte, and 0xFF marks an empty row of a packed tile.
+            raise ValueError(
+                f"Sparse group x array rows must be at most 128, not {self.sparse_group} x "
+                f"{self.rows}")
         _check_positive_int("Scratchpad size", self.scratchpad_bytes)
         if not _is_pow2(self.scratchpad_bytes):
             raise ValueError(

@@ -5,6 +5,7 @@ import inspect
 
 import numpy as np
 import pytest
+
 from npu.firmware.asm import (
     DEP_FLAGS,
     Program,

@@ -38,6 +38,8 @@ def test_config_takes_keywords_only():
     ({"scratchpad_bytes": 256}, ValueError,
      "Scratchpad size must hold at least 16 lines of 32 bytes, not 256"),
     ({"sparse_group": 17}, ValueError, "Sparse group must be at most 16, not 17"),
+    ({"rows": 64, "sparse_group": 4}, ValueError,
+     "Sparse group x array rows must be at most 128, not 4 x 64"),
     ({"acc_rows": 100}, ValueError, "Accumulator rows must be a power of two, not 100"),
     ({"acc_rows": 4}, ValueError, "Accumulator rows must be at least the array rows (8), not 4"),
     ({"bus_width": 48}, ValueError, "Bus width must be one of 32, 64, 128 bits, not 48"),

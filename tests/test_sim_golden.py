@@ -1,9 +1,16 @@
 """The golden model (npu.sim.golden) against numpy and the written rules of its docstring: tiled
-GEMMs equal ``a @ b`` (and ``requantize(a @ b)``), multi-core barriers and tokens order the work,
-and each error halts at the documented instruction with nothing written by it."""
+GEMMs equal ``a @ b`` (and ``requantize(a @ b)``), the gather indices of LOADW's metadata line
+pick each array row's activation byte, zero rows are skipped only where the rules allow and
+counted exactly, multi-core barriers and tokens order the work, and each error halts at the
+documented instruction with nothing written by it.
+
+Programs are assembled by hand. A weight tile in the scratchpad is R weight rows followed by a
+metadata line; the dense tile of sub-block ``g`` has gather indices ``g*R + i``
+(:func:`put_gather_rows`)."""
 
 import numpy as np
 import pytest
+
 from npu.firmware.asm import Program, encode, pack_param_slot
 from npu.firmware.quant import requantize
 from npu.rtl.config import NPUConfig
@@ -43,26 +50,43 @@ def put_program(memory, addr, program):
     put(memory, addr, np.frombuffer(program.to_bytes(), dtype=np.uint8))
 
 
-def fenced_gemm(cfg, program, *, m, k, n, a, lda, b, ldb, c, ldc, raw, params=None,
-                params_stride=0):
+def put_gather_rows(cfg, memory, addr):
+    """The metadata rows of dense tiles, one per sub-block: row ``g`` holds the gather indices
+    ``g*R + i`` (array row i multiplies byte i of sub-block g). Returns the stride between rows.
+    """
+    R = cfg.rows
+    assert cfg.gather_bytes <= 256  # one byte per index
+    stride = -(-R // cfg.bus_bytes) * cfg.bus_bytes
+    for g in range(cfg.sparse_group):
+        put(memory, addr + g * stride, (g * R + np.arange(R)).astype(np.uint8))
+    return stride
+
+
+def fenced_gemm(cfg, program, *, m, k, n, a, lda, b, ldb, c, ldc, raw, meta, meta_stride,
+                params=None, params_stride=0):
     """Append a tiled ``C[m, n] = A[m, k] @ B[k, n]`` that orders its units with barriers only.
 
-    Requantised output channel tile ``j`` uses slot ``j``, loaded from ``params + j *
-    params_stride``. Partial tiles rely on LOAD zero-filling each line past ``row_bytes``.
+    Each line holds one K-group (``sparse_group * R`` columns) of a row of A; the R-row weight
+    tiles of its sub-blocks follow one another, each with the dense metadata row of its
+    sub-block (``meta + g * meta_stride``, see :func:`put_gather_rows`). Requantised output
+    channel tile ``j`` uses slot ``j``, loaded from ``params + j * params_stride``. Partial
+    tiles rely on LOAD zero-filling each line past ``row_bytes``.
     """
-    R, C = cfg.rows, cfg.cols
+    R, C, GR = cfg.rows, cfg.cols, cfg.gather_bytes
     out_bytes = 4 if raw else 1
     for j, n0 in enumerate(range(0, n, C)):
         cols = min(C, n - n0)
         if not raw:
             program.loadp(j, params + j * params_stride)
-        for k0 in range(0, k, R):
-            program.load(0, m, min(R, k - k0), lda, a + k0)
-            program.load(m, min(R, k - k0), cols, ldb, b + k0 * ldb + n0)
-            program.barrier()  # the lines are in the scratchpad
-            program.loadw(m)
-            program.matmul(0, 0, m, accumulate=k0 > 0)
-            program.barrier()  # the lines are free again and the accumulators final
+        for kg in range(0, k, GR):
+            program.load(0, m, min(GR, k - kg), lda, a + kg)
+            for g, k0 in enumerate(range(kg, min(k, kg + GR), R)):
+                program.load(m, min(R, k - k0), cols, ldb, b + k0 * ldb + n0)
+                program.load(m + R, 1, R, 0, meta + g * meta_stride)
+                program.barrier()  # the lines are in the scratchpad
+                program.loadw(m)
+                program.matmul(0, 0, m, accumulate=k0 > 0)
+                program.barrier()  # the lines are free again and the accumulators final
         program.store(0, m, cols, ldc, c + n0 * out_bytes, raw=raw, slot=j)
         program.barrier()  # the next tile's first MATMUL overwrites the accumulators
     return program
@@ -107,17 +131,25 @@ def done(result):
 # GEMMs against numpy
 
 
-@pytest.mark.parametrize(("m", "k", "n"), [(20, 16, 16), (13, 11, 21), (1, 8, 8)])
-def test_tiled_gemm_raw_int32_matches_numpy(m, k, n):
-    cfg = NPUConfig(rows=8, cols=8)
+META = 0x3800  # the dense metadata rows (put_gather_rows)
+
+
+@pytest.mark.parametrize("sparse_group", [1, 4])
+@pytest.mark.parametrize(("m", "k", "n"), [(20, 16, 16), (13, 11, 21), (1, 8, 8), (6, 40, 10)])
+def test_tiled_gemm_raw_int32_matches_numpy(m, k, n, sparse_group):
+    # sparse_group 1: one sub-block per line; 4: up to four dense tiles per K-group, each
+    # gathering its own sub-block (k = 40 uses all four, then one of the next K-group).
+    cfg = NPUConfig(rows=8, cols=8, sparse_group=sparse_group)
     rng = np.random.default_rng(1)
     memory = np.zeros(MEM_BYTES, dtype=np.uint8)
     a, b = random_int8(rng, (m, k)), random_int8(rng, (k, n))
-    put_matrix(memory, 0x1000, a, ld=24)
+    put_matrix(memory, 0x1000, a, ld=48)
     put_matrix(memory, 0x2000, b, ld=24)
+    meta_stride = put_gather_rows(cfg, memory, META)
     ldc = 4 * 24
-    program = fenced_gemm(cfg, Program(), m=m, k=k, n=n, a=0x1000, lda=24, b=0x2000, ldb=24,
-                          c=0x4000, ldc=ldc, raw=True).end()
+    program = fenced_gemm(cfg, Program(), m=m, k=k, n=n, a=0x1000, lda=48, b=0x2000, ldb=24,
+                          c=0x4000, ldc=ldc, raw=True, meta=META,
+                          meta_stride=meta_stride).end()
     put_program(memory, 0, program)
 
     [result] = GoldenNPU(cfg, memory).run([0])
@@ -139,10 +171,11 @@ def test_tiled_gemm_requantised_matches_requantize_of_numpy(rounding):
     put_matrix(memory, 0x1000, a, ld=16)
     put_matrix(memory, 0x2000, b, ld=16)
     stride = put_params(cfg, memory, 0x3000, params, n)
+    meta_stride = put_gather_rows(cfg, memory, META)
     memory[0x4000:0x5000] = 0xEE
     program = fenced_gemm(cfg, Program(), m=m, k=k, n=n, a=0x1000, lda=16, b=0x2000, ldb=16,
-                          c=0x4000, ldc=16, raw=False, params=0x3000,
-                          params_stride=stride).end()
+                          c=0x4000, ldc=16, raw=False, meta=META, meta_stride=meta_stride,
+                          params=0x3000, params_stride=stride).end()
     put_program(memory, 0, program)
 
     [result] = GoldenNPU(cfg, memory).run([0])
@@ -159,43 +192,218 @@ def test_tiled_gemm_requantised_matches_requantize_of_numpy(rounding):
 
 def test_counters_of_dense_gemm():
     m, k, n = 16, 24, 16
-    cfg = NPUConfig(rows=8, cols=8)
+    cfg = NPUConfig(rows=8, cols=8)  # sparse_group 4: one K-group of 24 columns, 3 tiles
     rng = np.random.default_rng(3)
     memory = np.zeros(MEM_BYTES, dtype=np.uint8)
-    put_matrix(memory, 0x1000, random_int8(rng, (m, k)), ld=32)
-    put_matrix(memory, 0x2000, random_int8(rng, (k, n)), ld=16)
-    stride = put_params(cfg, memory, 0x3000, random_params(rng, n), n)
+    a, b = random_int8(rng, (m, k)), random_int8(rng, (k, n))
+    a[a == 0] = 1
+    b[b == 0] = 1
+    # Zeros for the counters: row 5's second sub-block is all zero, so that row is skipped
+    # in the accumulating MATMUL of k-tile 1 of both channel tiles; row 9's first sub-block
+    # is all zero, but k-tile 0 does not accumulate, so it is issued. Three more single zeros
+    # in A and two in B.
+    a[5, 8:16] = 0
+    a[9, 0:8] = 0
+    a[0, 3] = a[12, 20] = a[15, 23] = 0
+    b[2, 3] = b[17, 12] = 0
+    params = random_params(rng, n)
+    put_matrix(memory, 0x1000, a, ld=32)
+    put_matrix(memory, 0x2000, b, ld=16)
+    stride = put_params(cfg, memory, 0x3000, params, n)
+    meta_stride = put_gather_rows(cfg, memory, META)
     program = fenced_gemm(cfg, Program(), m=m, k=k, n=n, a=0x1000, lda=32, b=0x2000, ldb=16,
-                          c=0x4000, ldc=16, raw=False, params=0x3000,
-                          params_stride=stride).end()
+                          c=0x4000, ldc=16, raw=False, meta=META, meta_stride=meta_stride,
+                          params=0x3000, params_stride=stride).end()
     put_program(memory, 0, program)
 
     [result] = GoldenNPU(cfg, memory).run([0])
 
     done(result)
-    tiles = (n // 8) * (k // 8)
-    beat = cfg.bus_bytes
-    assert result.counters["macs"] == m * n * k
-    # Every 8-byte row is one beat; each LOADP record (75 bytes) is 10 beats.
-    assert result.counters["dma_read_bytes"] == tiles * (m + 8) * beat + (n // 8) * 10 * beat
-    assert result.counters["dma_write_bytes"] == (n // 8) * m * beat
+    expected = expected_requant(a.astype(np.int64) @ b.astype(np.int64), params, cfg.rounding)
+    np.testing.assert_array_equal(get_matrix(memory, 0x4000, m, n, 16, np.int8), expected)
+    n_tiles, k_tiles, beat = n // 8, k // 8, cfg.bus_bytes
+    rows_per_tile = 8 * 8
+    # Two passes (row 5, k-tile 1, once per channel tile) are skipped.
+    assert result.counters["passes_skipped"] == 2
+    assert result.counters["macs"] == m * n * k - 2 * rows_per_tile
+    # Gated: all 8 columns where an activation is zero (a skipped pass has only zeros), else
+    # one per zero weight in that K-row of the channel tile.
+    zeros_a = 3 + 8 + 8                          # 3 single zeros, row 5 and row 9 sub-blocks
+    zeros_b_x_nonzero_a = (m - 1) + m            # b[2, 3]: all but a[9, 2]; b[17, 12]: all
+    assert (a == 0).sum() == zeros_a
+    assert result.counters["macs_skipped"] == n_tiles * 8 * zeros_a + zeros_b_x_nonzero_a
+    # Per channel tile: one LOAD of the A rows (24 bytes, 3 beats each), per k-tile 8 weight
+    # rows and one metadata row (1 beat each), and the LOADP record (75 bytes, 10 beats).
+    assert result.counters["dma_read_bytes"] == n_tiles * (m * 3 + k_tiles * 9 + 10) * beat
+    assert result.counters["dma_write_bytes"] == n_tiles * m * beat
+
+
+# --------------------------------------------------------------------------------------------
+# Gather indices and zero-skipping, worked by hand
+
+LINES, TILES, OUT = 0x1000, 0x2000, 0x4000
+
+
+def put_rows(memory, addr, rows, pitch):
+    """int8 ``rows`` (one per list entry), ``pitch`` bytes apart; returns the row bytes."""
+    rows = np.asarray(rows, dtype=np.int8)
+    put_matrix(memory, addr, rows, ld=pitch)
+    return rows.shape[1]
+
+
+def put_tile(cfg, memory, addr, weights, gather, pitch):
+    """R weight rows and the metadata row (the gather indices), ``pitch`` bytes apart."""
+    put_rows(memory, addr, weights, pitch)
+    put(memory, addr + cfg.rows * pitch, np.asarray(gather, dtype=np.uint8))
+
+
+def load_tile(cfg, program, sp_addr, addr, pitch):
+    """LOAD the R weight lines and the metadata line of the tile at ``addr``."""
+    program.load(sp_addr, cfg.rows, cfg.cols, pitch, addr)
+    program.load(sp_addr + cfg.rows, 1, cfg.rows, 0, addr + cfg.rows * pitch)
+    return program
+
+
+def test_gather_permutes_and_picks_lanes_from_sub_blocks():
+    cfg = NPUConfig(rows=4, cols=3, sparse_group=4)  # 16-byte lines, four 4-byte sub-blocks
+    memory = np.zeros(MEM_BYTES, dtype=np.uint8)
+    lines = [[10 + j for j in range(16)], [-3 * (j + 1) for j in range(16)]]
+    put_rows(memory, LINES, lines, 16)
+    weights = [[1, 0, 0], [0, 1, 0], [0, 0, 1], [2, 2, 2]]  # x @ W = x[:3] + 2 * x[3]
+    permute = [3, 0, 2, 1]       # inside sub-block 0
+    across = [13, 6, 8, 3]       # one lane from each of sub-blocks 3, 1, 2, 0
+    put_tile(cfg, memory, TILES, weights, permute, 8)
+    put_tile(cfg, memory, TILES + 0x100, weights, across, 8)
+    program = Program().load(0, 2, 16, 16, LINES)
+    load_tile(cfg, program, 2, TILES, 8)
+    load_tile(cfg, program, 7, TILES + 0x100, 8)
+    (program.barrier().loadw(2).matmul(0, 0, 2).loadw(7).matmul(0, 2, 2).barrier()
+     .store(0, 4, 3, 16, OUT, raw=True).end())
+    put_program(memory, 0, program)
+
+    [result] = GoldenNPU(cfg, memory).run([0])
+
+    done(result)
+    got = get_matrix(memory, OUT, 4, 3, 16, "<i4")
+    # permute: line 0 gives x = [13, 10, 12, 11], line 1 x = [-12, -3, -9, -6];
+    # across: line 0 gives x = [23, 16, 18, 13], line 1 x = [-42, -21, -27, -12].
+    expected = [[35, 32, 34], [-24, -15, -21], [49, 42, 44], [-66, -45, -51]]
+    np.testing.assert_array_equal(got, expected)
+    x = np.array(lines, dtype=np.int64)
+    w = np.array(weights, dtype=np.int64)
+    np.testing.assert_array_equal(got, np.concatenate([x[:, permute] @ w, x[:, across] @ w]))
+    # No zero activations; the weights have 2, 2, 2 and 0 zeros per row.
+    assert result.counters["macs"] == 4 * 4 * 3
+    assert result.counters["macs_skipped"] == 4 * 6
+    assert result.counters["passes_skipped"] == 0
+
+
+def test_gather_index_past_the_sub_blocks_reads_zero():
+    # Lines are 8 bytes (8 weight columns) but only the first sparse_group * rows = 4 can be
+    # gathered: index 5 names a non-zero byte of the line and still reads zero, as do 4 (the
+    # first invalid index) and 255.
+    cfg = NPUConfig(rows=2, cols=8, sparse_group=2)
+    assert (cfg.gather_bytes, cfg.line_bytes) == (4, 8)
+    memory = np.zeros(MEM_BYTES, dtype=np.uint8)
+    put_rows(memory, LINES, [[1, 2, 3, 4, 5, 6, 7, 8]], 8)
+    weights = [[10] * 8, [1, 2, 3, 4, 5, 6, 7, 8]]
+    gathers = [[5, 1], [3, 4], [255, 0]]
+    for t, gather in enumerate(gathers):
+        put_tile(cfg, memory, TILES + t * 0x100, weights, gather, 8)
+    program = Program().load(0, 1, 8, 0, LINES)
+    for t in range(len(gathers)):
+        load_tile(cfg, program, 1 + 3 * t, TILES + t * 0x100, 8)
+    program.barrier()
+    for t in range(len(gathers)):
+        program.loadw(1 + 3 * t).matmul(0, t, 1)
+    program.barrier().store(0, 3, 8, 32, OUT, raw=True).end()
+    put_program(memory, 0, program)
+
+    [result] = GoldenNPU(cfg, memory).run([0])
+
+    done(result)
+    # x = [0, 2], [4, 0], [0, 1].
+    expected = [[2, 4, 6, 8, 10, 12, 14, 16], [40] * 8, [1, 2, 3, 4, 5, 6, 7, 8]]
+    np.testing.assert_array_equal(get_matrix(memory, OUT, 3, 8, 32, "<i4"), expected)
+    # One zero lane per row, gated for all 8 columns; no zero weights.
+    assert result.counters["macs"] == 3 * 2 * 8
+    assert result.counters["macs_skipped"] == 3 * 8
+    assert result.counters["passes_skipped"] == 0
+
+
+# R = 2, C = 3, G = 4 (8-byte lines). W's rows have 1 and 2 zero weights; the gather [1, 2]
+# uses sub-blocks 0 (bytes 0-1) and 1 (bytes 2-3).
+SKIP_CFG = NPUConfig(rows=2, cols=3, sparse_group=4)
+SKIP_WEIGHTS = [[1, 0, 2], [0, 0, 3]]
+SKIP_GATHER = [1, 2]
+SKIP_PRIMER = [0, 1, 1, 0, 0, 0, 0, 0]      # x = [1, 1]: x @ W = [1, 0, 5], 3 gated
+SKIP_LINES = [
+    [0, 5, 0, 0, 0, 0, 0, 0],    # x = [5, 0]: issued, x @ W = [5, 0, 10], gated 1 + 3
+    [0, 0, 0, 0, 0, 0, 0, 0],    # all zero: may be skipped, gated 6 if issued
+    [7, 0, 0, 9, 0, 0, 0, 0],    # x = [0, 0], but sub-blocks 0 and 1 are not zero: issued
+    [0, 0, 0, 0, 8, -8, 1, 1],   # sub-blocks 2 and 3 are not gathered: may be skipped
+]
+
+
+@pytest.mark.parametrize(("accumulate", "deps", "skipped_rows"), [
+    (False, [], []),
+    (True, [], [1, 3]),
+    (True, ["pop_prev"], [1, 3]),    # popping does not matter, only pushing
+    (True, ["push_next"], [1]),      # the last row of a MATMUL that pushes is issued
+    (True, ["push_prev"], [1]),
+], ids=["overwrite", "accumulate", "accumulate-pop", "accumulate-push-next",
+        "accumulate-push-prev"])
+def test_zero_rows_are_skipped_only_when_accumulating(accumulate, deps, skipped_rows):
+    cfg = SKIP_CFG
+    memory = np.zeros(MEM_BYTES, dtype=np.uint8)
+    put_rows(memory, LINES, [SKIP_PRIMER], 8)
+    put_rows(memory, LINES + 8, SKIP_LINES, 8)
+    put_tile(cfg, memory, TILES, SKIP_WEIGHTS, SKIP_GATHER, 8)
+    program = Program().load(0, 4, 8, 0, LINES).load(4, 4, 8, 8, LINES + 8)
+    program.load(8, 2, 3, 8, TILES)
+    program.load(10, 1, 2, 0, TILES + 16, deps=["push_next"] if "pop_prev" in deps else [])
+    (program.barrier().loadw(8)
+     .matmul(0, 0, 4)                                    # acc rows 0-3 = [1, 0, 5]
+     .matmul(4, 0, 4, accumulate=accumulate, deps=deps)
+     .barrier().store(0, 4, 3, 16, OUT, raw=True).end())
+    put_program(memory, 0, program)
+
+    [result] = GoldenNPU(cfg, memory).run([0])
+
+    done(result)
+    primer = [1, 0, 5] if accumulate else [0, 0, 0]
+    expected = np.array([[5, 0, 10], [0, 0, 0], [0, 0, 0], [0, 0, 0]]) + primer
+    np.testing.assert_array_equal(get_matrix(memory, OUT, 4, 3, 16, "<i4"), expected)
+    issued = 4 - len(skipped_rows)
+    assert result.counters == {
+        "macs": (4 + issued) * 2 * 3,
+        "passes_skipped": len(skipped_rows),
+        # Primer: 4 x 3. Data: a skipped row 6; issued, rows 0-3 gate 4, 6, 6 and 6.
+        "macs_skipped": 4 * 3 + 4 + 6 + 6 + 6,
+        "dma_read_bytes": (4 + 4 + 2 + 1) * 8,
+        "dma_write_bytes": 4 * 16,             # 12 bytes per row: two beats
+    }
 
 
 # --------------------------------------------------------------------------------------------
 # Several cores, barriers and tokens
 
 
-def token_gemm(cfg, program, *, m, k, n, a, lda, b, ldb, c, ldc, raw, params=None,
-               params_stride=0, m_tile=None, skip_token=False):
+def token_gemm(cfg, program, *, m, k, n, a, lda, b, ldb, c, ldc, raw, meta, meta_stride,
+               params=None, params_stride=0, m_tile=None, skip_token=False):
     """Append ``C[m, n] = A[m, k] @ B[k, n]`` ordered by tokens only, double-buffered: two
     scratchpad buffers (the load unit runs up to two tiles ahead of the execute unit) and two
     accumulator buffers (the execute unit runs up to two output tiles ahead of the store unit).
 
     Output tiles are ``m_tile`` rows by the array's columns; ``k`` and ``n`` are multiples of
-    the array. Tokens balance, but nothing carries over to a following call: a program runs
-    one of these per core and phase. ``skip_token`` leaves out the wait that protects the first
-    reused scratchpad buffer."""
-    R, C = cfg.rows, cfg.cols
+    the array. A tile's activations are those of sub-block ``g`` of their K-group: the LOAD
+    reads the K-group's row from its start through that sub-block, and the tile's metadata row
+    is the dense one of sub-block ``g`` (see :func:`put_gather_rows`).
+
+    Tokens balance, but nothing carries over to a following call: a program runs one of these
+    per core and phase. ``skip_token`` leaves out the wait that protects the first reused
+    scratchpad buffer."""
+    R, C, GR = cfg.rows, cfg.cols, cfg.gather_bytes
     m_tile = m_tile or m
     outputs = [(m0, n0) for m0 in range(0, m, m_tile) for n0 in range(0, n, C)]
     tiles = [(o, k0) for o in range(len(outputs)) for k0 in range(0, k, R)]
@@ -204,13 +412,15 @@ def token_gemm(cfg, program, *, m, k, n, a, lda, b, ldb, c, ldc, raw, params=Non
         m0, n0 = outputs[o]
         rows = min(m_tile, m - m0)
         slot = n0 // C
-        buf = (t % 2) * (m_tile + R)
+        buf = (t % 2) * (m_tile + R + 1)
+        kg, g = k0 - k0 % GR, k0 % GR // R
         acc = (o % 2) * m_tile
         if k0 == 0 and not raw and o < n // C:
             program.loadp(slot, params + slot * params_stride)
         # Buffer t % 2 is free once MATMUL t - 2 has given it back.
         wait = ["pop_next"] if t >= 2 and not (skip_token and t == 2) else []
-        program.load(buf, rows, R, lda, a + m0 * lda + k0, deps=wait)
+        program.load(buf, rows, (g + 1) * R, lda, a + m0 * lda + kg, deps=wait)
+        program.load(buf + m_tile + R, 1, R, 0, meta + g * meta_stride)
         program.load(buf + m_tile, R, C, ldb, b + k0 * ldb + n0, deps=["push_next"])
         deps = ["pop_prev"]
         if k0 == 0 and o >= 2:
@@ -239,6 +449,7 @@ def two_layer_programs(cfg, memory, rng):
         put_matrix(memory, addr, mat, ld=16)
     s1 = put_params(cfg, memory, 0x1400, p1, n)
     s2 = put_params(cfg, memory, 0x1600, p2, n)
+    meta_stride = put_gather_rows(cfg, memory, META)
     memory[0x2000:0x2200] = 0x55  # layer outputs start as garbage
     # (first row, rows, rows per output tile) of each core in each layer.
     layer1 = ((0, 4, 4), (4, 12, 4))
@@ -248,13 +459,13 @@ def two_layer_programs(cfg, memory, rng):
         program = Program()
         row0, m, m_tile = layer1[core]
         token_gemm(cfg, program, m=m, k=k, n=n, a=0x1000 + row0 * 16, lda=16, b=0x1100,
-                   ldb=16, c=0x2000 + row0 * 16, ldc=16, raw=False, params=0x1400,
-                   params_stride=s1, m_tile=m_tile)
+                   ldb=16, c=0x2000 + row0 * 16, ldc=16, raw=False, meta=META,
+                   meta_stride=meta_stride, params=0x1400, params_stride=s1, m_tile=m_tile)
         program.barrier()
         row0, m, m_tile = layer2[core]
         token_gemm(cfg, program, m=m, k=k, n=n, a=0x2000 + row0 * 16, lda=16, b=0x1200,
-                   ldb=16, c=0x2100 + row0 * 16, ldc=16, raw=False, params=0x1600,
-                   params_stride=s2, m_tile=m_tile)
+                   ldb=16, c=0x2100 + row0 * 16, ldc=16, raw=False, meta=META,
+                   meta_stride=meta_stride, params=0x1600, params_stride=s2, m_tile=m_tile)
         programs.append(program.end())
     y1 = expected_requant(x.astype(np.int64) @ w1.astype(np.int64), p1, cfg.rounding)
     y2 = expected_requant(y1.astype(np.int64) @ w2.astype(np.int64), p2, cfg.rounding)
@@ -303,8 +514,10 @@ def run_token_gemm(seed, *, skip_token=False):
     a, b = random_int8(rng, (m, k)), random_int8(rng, (k, n))
     put_matrix(memory, 0x1000, a, ld=k)
     put_matrix(memory, 0x2000, b, ld=n)
+    meta_stride = put_gather_rows(cfg, memory, META)
     program = token_gemm(cfg, Program(), m=m, k=k, n=n, a=0x1000, lda=k, b=0x2000, ldb=n,
-                         c=0x4000, ldc=4 * n, raw=True, m_tile=8, skip_token=skip_token).end()
+                         c=0x4000, ldc=4 * n, raw=True, meta=META, meta_stride=meta_stride,
+                         m_tile=8, skip_token=skip_token).end()
     put_program(memory, 0x8000, program)
     [result] = GoldenNPU(cfg, memory, schedule_seed=seed).run([0x8000])
     got = get_matrix(memory, 0x4000, m, n, 4 * n, "<i4")
@@ -400,7 +613,8 @@ def assert_halted_at_bad(result, memory, snapshot, error):
     assert (memory[BEFORE:BEFORE + 32] == 0).all()
     changed = np.flatnonzero(memory != snapshot)
     assert changed.min() >= BEFORE and changed.max() < BEFORE + 32
-    assert result.counters == {"macs": 0, "dma_read_bytes": 0, "dma_write_bytes": 32}
+    assert result.counters == {"macs": 0, "dma_read_bytes": 0, "dma_write_bytes": 32,
+                               "macs_skipped": 0, "passes_skipped": 0}
 
 
 L = CFG.line_bytes
@@ -418,7 +632,8 @@ BAD_CASES = {
     "load push_prev": (Program().load(0, 1, 8, 0, 0x2000, deps=["push_prev"]),
                        ErrorCode.ILLEGAL_FIELD),
     "loadp slot": (Program().loadp(CFG.param_slots, 0x2000), ErrorCode.ILLEGAL_FIELD),
-    "loadw past scratchpad": (Program().loadw(CFG.sp_lines - CFG.rows + 1),
+    # LOADW reads R weight lines and the metadata line: sp_addr + R + 1 > lines.
+    "loadw past scratchpad": (Program().loadw(CFG.sp_lines - CFG.rows),
                               ErrorCode.ILLEGAL_FIELD),
     "matmul rows 0": (Program().matmul(0, 0, 0), ErrorCode.ILLEGAL_FIELD),
     "matmul past accumulators": (Program().matmul(0, CFG.acc_rows - 1, 2),
@@ -471,6 +686,19 @@ def test_window_edges_are_inclusive_exclusive():
                  Program().store(0, 4, 8, 0x400, 0x7000, raw=True)):
         result, _, _ = run_with_bad(good)
         done(result)
+
+
+def test_loadw_metadata_line_is_the_last_it_may_read():
+    # sp_addr + R + 1 == lines reads the last line as metadata; one further is an error.
+    result, _, _ = run_with_bad(Program().loadw(CFG.sp_lines - CFG.rows - 1))
+    done(result)
+    result, memory, snapshot = run_with_bad(Program().loadw(CFG.sp_lines - CFG.rows))
+    assert_halted_at_bad(result, memory, snapshot, ErrorCode.ILLEGAL_FIELD)
+    config = NPUConfig(rows=4, cols=8, sparse_group=1)  # 8-byte lines, 4096 of them
+    result, _, _ = run_with_bad(Program().loadw(4096 - 5), config=config)
+    done(result)
+    result, memory, snapshot = run_with_bad(Program().loadw(4096 - 4), config=config)
+    assert_halted_at_bad(result, memory, snapshot, ErrorCode.ILLEGAL_FIELD)
 
 
 @pytest.mark.parametrize("bad", [
