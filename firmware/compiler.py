@@ -27,7 +27,8 @@ the next. A *step* is one tile: LOAD its weights (and, streamed, its activations
 MATMUL.
 
 * ``resident`` mode keeps a chunk's activations for all K-groups in the scratchpad (two chunk
-  buffers when the band has several chunks, so the next chunk loads while this one computes).
+  buffers when the band has several chunks, so the next chunk loads while this one computes);
+  each K-group is loaded with the first step that needs it.
 * ``streamed`` mode (when K is too large for that) loads each step's activations with it.
 
 Tokens: the load unit pushes one token per step (load -> execute); the execute unit gives one
@@ -302,16 +303,21 @@ def _compile_band(config, plan, layout, weights, band):
             for nb in pass_nbs:
                 prog.loadp(nb % slots, layout.param_addr + nb * layout.param_pitch)
 
-        # One step per weight tile; a block is one (chunk, N-block) pair.
+        # One step per weight tile; a block is one (chunk, N-block) pair. A resident chunk's
+        # K-group is loaded with the first step that uses it, so compute starts after one
+        # group has arrived rather than the whole chunk.
         steps = []
         blocks = []
         for ci in range(len(chunks)):
+            loaded = set()
             for nb in pass_nbs:
                 tiles = weights.per_block[nb]
                 for p, (q, index) in enumerate(tiles):
+                    new_group = q not in loaded
+                    loaded.add(q)
                     steps.append(dict(ci=ci, nb=nb, q=q, index=index, first=p == 0,
                                       last=p == len(tiles) - 1, block=len(blocks),
-                                      chunk_start=nb == pass_nbs[0] and p == 0))
+                                      load_group=new_group))
                 blocks.append((ci, nb))
         T = len(steps)
 
@@ -320,9 +326,9 @@ def _compile_band(config, plan, layout, weights, band):
             c0, c1 = chunks[st["ci"]]
             instrs = []
             if plan.resident:
-                if st["chunk_start"]:
+                if st["load_group"]:
                     buf = a_buf[st["ci"] % plan.a_buffers]
-                    instrs += [a_load(buf + q * mt, q, c0, c1 - c0) for q in range(nQ)]
+                    instrs.append(a_load(buf + st["q"] * mt, st["q"], c0, c1 - c0))
             else:
                 instrs.append(a_load(a_buf[t % D], st["q"], c0, c1 - c0))
             instrs.append(dict(sp_addr=w_buf[t % D], rows=R + 1, row_bytes=max(C, R),
