@@ -265,6 +265,48 @@ def compile_gemm(config, plan, layout, weights, *, barrier_after=False):
     return out
 
 
+def _schedule_activation_loads(steps, chunks, nQ, depth, slice_rows):
+    """Attach each resident chunk's K-group loads, in slices of ``slice_rows`` rows, to steps
+    of the load stream. The load unit is one in-order stream, so a long load would hold up the
+    weight tiles behind it: slices are spread a few per step.
+
+    Chunk 0: group 0 with the first step; group q+1 spread over the steps of group q, so a
+    group loads while the previous one computes. Chunk c > 0: prefetched during chunk c-1,
+    spread over its steps from its ``depth - 1``-th on (its buffer was last used by chunk
+    c-2, whose steps are then complete). A slice is never attached after the step that first
+    needs its group.
+    """
+    first_use = {}
+    for t, st in enumerate(steps):
+        first_use.setdefault((st["ci"], st["q"]), t)
+    chunk_steps = [[t for t, st in enumerate(steps) if st["ci"] == c]
+                   for c in range(len(chunks))]
+
+    def slices(c, q):
+        c0, c1 = chunks[c]
+        return [(c, q, r, min(r + slice_rows, c1)) for r in range(c0, c1, slice_rows)]
+
+    def spread(items, hosts):
+        for i, item in enumerate(items):
+            t = hosts[i * len(hosts) // len(items)]
+            steps[min(t, first_use[item[:2]])]["a_loads"].append(item)
+
+    for c in range(len(chunks)):
+        groups = sorted({q for (ci, q) in first_use if ci == c})
+        if c == 0:
+            for i, q in enumerate(groups):
+                if i == 0:
+                    steps[first_use[(c, q)]]["a_loads"].extend(slices(c, q))
+                else:
+                    prev = groups[i - 1]
+                    hosts = [t for t in chunk_steps[c]
+                             if first_use[(c, prev)] <= t < first_use[(c, q)]]
+                    spread(slices(c, q), hosts or [first_use[(c, q)]])
+            continue
+        hosts = chunk_steps[c - 1][depth - 1:] or chunk_steps[c - 1][-1:]
+        spread([sl for q in groups for sl in slices(c, q)], hosts)
+
+
 def _compile_band(config, plan, layout, weights, band):
     R, C = config.rows, config.cols
     GR = config.gather_bytes
@@ -299,46 +341,47 @@ def _compile_band(config, plan, layout, weights, band):
     for pass_index, pass_nbs in enumerate(passes):
         if pass_index:
             prog.barrier()
-        if not plan.raw:
-            for nb in pass_nbs:
-                prog.loadp(nb % slots, layout.param_addr + nb * layout.param_pitch)
 
-        # One step per weight tile; a block is one (chunk, N-block) pair. A resident chunk's
-        # K-group is loaded with the first step that uses it, so compute starts after one
-        # group has arrived rather than the whole chunk.
+        # One step per weight tile; a block is one (chunk, N-block) pair.
         steps = []
         blocks = []
         for ci in range(len(chunks)):
-            loaded = set()
             for nb in pass_nbs:
                 tiles = weights.per_block[nb]
                 for p, (q, index) in enumerate(tiles):
-                    new_group = q not in loaded
-                    loaded.add(q)
                     steps.append(dict(ci=ci, nb=nb, q=q, index=index, first=p == 0,
                                       last=p == len(tiles) - 1, block=len(blocks),
-                                      load_group=new_group))
+                                      a_loads=[]))
                 blocks.append((ci, nb))
         T = len(steps)
+        if plan.resident:
+            # Slices of about one step's worth of beats: the load unit runs a step ahead.
+            beats = cdiv(min(GR, plan.K), config.bus_bytes)
+            _schedule_activation_loads(steps, chunks, nQ, D, max(1, mt // beats))
 
         def emit_loads(t):
             st = steps[t]
             c0, c1 = chunks[st["ci"]]
-            instrs = []
+            # Loads this step needs go before its token; prefetches for later steps after it,
+            # so they do not hold this step up.
+            before, after = [], []
             if plan.resident:
-                if st["load_group"]:
-                    buf = a_buf[st["ci"] % plan.a_buffers]
-                    instrs.append(a_load(buf + st["q"] * mt, st["q"], c0, c1 - c0))
+                for ci, q, r0, r1 in st["a_loads"]:
+                    g0 = chunks[ci][0]
+                    load = a_load(a_buf[ci % plan.a_buffers] + q * mt + (r0 - g0), q, r0,
+                                  r1 - r0)
+                    (before if (ci, q) == (st["ci"], st["q"]) else after).append(load)
             else:
-                instrs.append(a_load(a_buf[t % D], st["q"], c0, c1 - c0))
-            instrs.append(dict(sp_addr=w_buf[t % D], rows=R + 1, row_bytes=max(C, R),
-                               stride=layout.w_pitch,
-                               addr=layout.w_addr + st["index"] * tile_bytes))
+                before.append(a_load(a_buf[t % D], st["q"], c0, c1 - c0))
+            token = len(before)
+            instrs = before + [dict(sp_addr=w_buf[t % D], rows=R + 1, row_bytes=max(C, R),
+                                    stride=layout.w_pitch,
+                                    addr=layout.w_addr + st["index"] * tile_bytes)] + after
             for i, f in enumerate(instrs):
                 deps = []
                 if i == 0 and t >= D:
                     deps.append("pop_next")
-                if i == len(instrs) - 1:
+                if i == token:
                     deps.append("push_next")
                 prog.load(**f, deps=tuple(deps))
 
@@ -377,6 +420,11 @@ def _compile_band(config, plan, layout, weights, band):
             if t + D - 1 < T:
                 emit_loads(t + D - 1)
             emit_exec(t)
+            if t == 0 and not plan.raw:
+                # Only the first STORE needs these: after the first steps, so that compute
+                # starts sooner (dispatch is in order: earlier, they would hold it up).
+                for nb in pass_nbs:
+                    prog.loadp(nb % slots, layout.param_addr + nb * layout.param_pitch)
             if steps[t]["last"]:
                 emit_store(steps[t]["block"])
     return prog, len(passes)

@@ -51,8 +51,9 @@ class NPUCore(wiring.Component):
 
     Attributes
     ----------
-    scratchpad, accumulator, params : MemoryData
-        The memories' contents, for tests to peek.
+    scratchpad, accumulator, params, zflags : Memory
+        The memories, for tests to peek.
+    fetch, load, execute, store : the units.
     """
 
     def __init__(self, config):
@@ -67,6 +68,11 @@ class NPUCore(wiring.Component):
         self.params = Memory(shape=ParamLayout(config.cols), depth=config.param_slots,
                              init=[])
         self.zflags = Memory(shape=config.sparse_group, depth=config.sp_lines, init=[])
+        # The units, for tests and monitors to peek at.
+        self.fetch = FetchUnit(config)
+        self.load = LoadUnit(config)
+        self.execute = ExecuteUnit(config)
+        self.store = StoreUnit(config)
         super().__init__({
             "ctrl": In(CoreControlSignature()),
             "axi": Out(AXI4Signature(addr_width=config.addr_width,
@@ -95,10 +101,7 @@ class NPUCore(wiring.Component):
         def fresh(unit):
             return ResetInserter(restart)(unit)
 
-        fetch = FetchUnit(cfg)
-        load = LoadUnit(cfg)
-        execute = ExecuteUnit(cfg)
-        store = StoreUnit(cfg)
+        fetch, load, execute, store = self.fetch, self.load, self.execute, self.store
         queues = {name: SyncFIFOBuffered(width=INSTR_BITS, depth=UNIT_QUEUE_DEPTH)
                   for name in ("load", "execute", "store")}
         m.submodules.fetch = fresh(fetch)

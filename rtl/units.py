@@ -202,13 +202,17 @@ class FetchUnit(wiring.Component):
         m.d.comb += room.eq(queue.level + outstanding < self.DEPTH)
 
         issue = Signal()
+        # An offered address stays offered until taken (AXI), even if the core stops
+        # meanwhile; its instruction is then read and dropped.
+        offered = Signal()
         m.d.comb += [
             self.bus.araddr.eq(addr),
             self.bus.arlen.eq(beats - 1),
-            self.bus.arvalid.eq(active & ~self.stop & inside & room),
+            self.bus.arvalid.eq(offered | (active & ~self.stop & inside & room)),
             issue.eq(self.bus.arvalid & self.bus.arready),
             self.bus.rready.eq(1),
         ]
+        m.d.sync += offered.eq(self.bus.arvalid & ~self.bus.arready)
 
         # Beats arrive lowest address first: shift each in at the top.
         buf = Signal(INSTR_BITS)
@@ -665,8 +669,9 @@ class ExecuteUnit(wiring.Component):
                             ]
                             m.next = "LOADW_WAIT"
                     with m.Case(Opcode.MATMUL):
-                        # The weights must be in, and the previous MATMUL's reads issued.
-                        with m.If(~w_busy & (a_left == 0)):
+                        # The weights must be in, and the previous MATMUL's reads issued (or
+                        # issuing their last this cycle: streams follow back to back).
+                        with m.If(~w_busy & ((a_left == 0) | (active & (a_left == step)))):
                             mm = ins.body.matmul
                             m.d.sync += [
                                 a_left.eq(mm.rows), a_addr.eq(mm.sp_addr),
