@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-all bench verilog lint clean
+.PHONY: setup demo test test-all bench verilog lint clean synth synth-setup
 
 setup: $(STAMP) verilator-present
 
@@ -36,6 +36,24 @@ bench: setup
 
 verilog: setup
 	$(PY) -m npu.synth.export -o build/npu.v
+
+# FPGA build from PyPI tools only: make synth BOARD=ulx3s-85f CORES=4 ROWS=8 COLS=8
+# (BOARD: ulx3s-85f or icebreaker). Writes synth/reports/<board>_<cores>x<rows>x<cols>.{json,md};
+# extra options of `python -m npu.synth.build` go in SYNTH_ARGS (e.g. "--clock-mhz 80").
+BOARD ?= ulx3s-85f
+CORES ?= 1
+ROWS  ?= 8
+COLS  ?= 8
+SYNTH_STAMP := $(VENV)/.installed-synth
+
+$(SYNTH_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,synth]'
+	touch $(SYNTH_STAMP)
+
+synth-setup: $(SYNTH_STAMP)
+
+synth: setup synth-setup
+	$(PY) -m npu.synth.build --board $(BOARD) --cores $(CORES) --rows $(ROWS) --cols $(COLS) $(SYNTH_ARGS)
 
 lint: setup
 	$(PY) -m ruff check .

@@ -18,7 +18,7 @@ from .asm import disassemble
 
 __all__ = ["Device", "NPUError", "BACKENDS", "GemmImage", "build_gemm_image"]
 
-BACKENDS = ("golden", "amaranth", "verilator")
+BACKENDS = ("golden", "amaranth", "verilator", "board")
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -40,7 +40,7 @@ class NPUError(RuntimeError):
         self.cores = cores
 
 
-def _make_backend(name, config, **timing):
+def _make_backend(name, config, *, port=None, serial=None, baud=115200, **timing):
     if name == "golden":
         from npu.sim.golden_backend import GoldenBackend
         return GoldenBackend(config)
@@ -53,6 +53,9 @@ def _make_backend(name, config, **timing):
         except ImportError as exc:  # pragma: no cover - depends on the installation
             raise ValueError(f"backend 'verilator' is not available: {exc}") from exc
         return VerilatorBackend(config, **timing)
+    if name == "board":
+        from npu.sim.board_backend import BoardBackend
+        return BoardBackend(config, port=port, serial=serial, baud=baud)
     raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, not {name!r}")
 
 
@@ -177,7 +180,11 @@ class Device:
     ----------
     backend : str
         ``"golden"`` (ISA-level numpy model, no timing), ``"amaranth"`` (the gateware in the
-        Amaranth simulator, cycle-exact) or ``"verilator"`` (the Verilog in Verilator).
+        Amaranth simulator, cycle-exact), ``"verilator"`` (the Verilog in Verilator) or
+        ``"board"`` (an FPGA board running a ``synth/`` top, over its UART bridge).
+    port, serial, baud
+        For ``"board"``: the serial device, or an open serial-like object (for example
+        ``npu.sim.board_backend.SimulatedSerial``), and the baud rate.
     config : NPUConfig, optional
         The configuration; or give its fields as keywords (``cores=2, rows=8, ...``).
     memory_latency, bytes_per_cycle : int
@@ -189,7 +196,8 @@ class Device:
     """
 
     def __init__(self, *, backend="golden", config=None, memory_latency=8, bytes_per_cycle=8,
-                 max_cycles=20_000_000, progress=False, **config_fields):
+                 max_cycles=20_000_000, progress=False, port=None, serial=None, baud=115200,
+                 **config_fields):
         if config is not None and config_fields:
             raise TypeError("give either config= or configuration keywords, not both "
                             f"(got {', '.join(sorted(config_fields))})")
@@ -207,8 +215,12 @@ class Device:
         self.backend_name = backend
         self.max_cycles = max_cycles
         self.progress = progress
+        if backend == "board" and port is None and serial is None:
+            raise ValueError("backend 'board' needs port= (a serial device such as "
+                             "/dev/ttyUSB0) or serial= (an open serial-like object)")
         self._backend = _make_backend(backend, config, latency=memory_latency,
-                                      bytes_per_cycle=bytes_per_cycle)
+                                      bytes_per_cycle=bytes_per_cycle, port=port,
+                                      serial=serial, baud=baud)
         self.stats = {}
         self.last_programs = []
         self._pending = None

@@ -1,0 +1,202 @@
+"""Build a board top with the open toolchain from PyPI (YoWASP) and write its report.
+
+``python -m npu.synth.build --board ulx3s-85f --cores 1 --rows 8 --cols 8`` elaborates the top,
+runs Yosys, nextpnr and ecppack / icepack in ``build/synth/<board>_<c>x<r>x<c>/`` and writes
+``synth/reports/<board>_<c>x<r>x<c>.json`` and ``.md``.
+
+Tools are found in one place (:func:`find_toolchain`): an environment variable (``YOSYS``,
+``NEXTPNR_ECP5``, ``ECPPACK``, ``NEXTPNR_ICE40``, ``ICEPACK``) wins, then the ``yowasp-*``
+executable beside this Python, then on ``PATH``. No system toolchain is needed.
+"""
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .boards import BOARDS, BoardTop, board_config
+from .report import (
+    parse_critical_paths,
+    parse_nextpnr_report,
+    parse_utilisation_log,
+    parse_yosys_cells,
+    report_stem,
+    summarise,
+    write_reports,
+)
+
+__all__ = ["TOOLS", "build", "find_toolchain", "main", "missing_tools", "pe_mult_choice"]
+
+#: Tools of each family, by the name Amaranth's build script gives them.
+TOOLS = {
+    "ecp5": ("yosys", "nextpnr-ecp5", "ecppack"),
+    "ice40": ("yosys", "nextpnr-ice40", "icepack"),
+}
+
+REPORTS_DIR = Path(__file__).with_name("reports")
+
+#: Multipliers of the requantiser per output lane (four 17x17 partial products).
+REQUANT_MULTS_PER_LANE = 4
+
+
+def _env_var(tool):
+    return tool.upper().replace("-", "_")
+
+
+def find_toolchain(family):
+    """``{ENV_VAR: executable}`` for ``family``; a value is None when the tool is not found."""
+    here = Path(sys.executable).parent
+    found = {}
+    for tool in TOOLS[family]:
+        var = _env_var(tool)
+        exe = os.environ.get(var)
+        if not exe:
+            for candidate in (here / f"yowasp-{tool}", shutil.which(f"yowasp-{tool}")):
+                if candidate and Path(candidate).exists():
+                    exe = str(candidate)
+                    break
+        found[var] = exe
+    return found
+
+
+def missing_tools(family):
+    """Names of the tools of ``family`` that cannot be found (empty when all are there)."""
+    return [var for var, exe in find_toolchain(family).items()
+            if exe is None or shutil.which(exe) is None]
+
+
+def pe_mult_choice(board, config, pe_mult="auto"):
+    """Where the processing elements' multipliers go: ``"dsp"`` or ``"lut"``.
+
+    ``auto`` puts them on DSPs only if they fit beside the requantisers' multipliers, which
+    need the DSP width (17x17) more than an 8x8 product does.
+    """
+    if pe_mult not in ("auto", "dsp", "lut"):
+        raise ValueError(f"pe_mult must be 'auto', 'dsp' or 'lut', not {pe_mult!r}")
+    if pe_mult != "auto":
+        return pe_mult
+    requant = REQUANT_MULTS_PER_LANE * config.cols * config.cores
+    return "dsp" if requant + config.macs_per_cycle <= BOARDS[board].dsp_count else "lut"
+
+
+def _overrides(board, config, pe_mult, seed):
+    family = BOARDS[board].family
+    script = []
+    if pe_mult == "lut":
+        # Booth-encode the PE products into LUTs before synthesis maps the rest to DSPs.
+        script += ["hierarchy -top top", "proc", "booth top.system.npu.core*.execute.array.pe_*"]
+    synth = []
+    if family == "ice40":
+        synth += ["-dsp"]
+    return {
+        "script_after_read": "\n".join(script),
+        "synth_opts": synth,
+        # Always finish, so that a failing clock still gets its report.
+        "nextpnr_opts": ["--report", "top.report.json", "--timing-allow-fail",
+                         "--seed", str(seed)],
+    }
+
+
+def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
+          build_dir=None, reports_dir=REPORTS_DIR, command=None, log=print):
+    """Build ``config`` for ``board``; return the report dictionary (also written to disk)."""
+    spec = BOARDS[board]
+    family = spec.family
+    missing = missing_tools(family)
+    if missing:
+        raise FileNotFoundError(
+            f"FPGA tools not found: {', '.join(missing)} (pip install '.[synth]' installs "
+            "the YoWASP ones)")
+    env = dict(os.environ)
+    env.update(find_toolchain(family))
+    env.setdefault("OPENFPGALOADER", "true")   # ULX3S lists it as required even unprogrammed
+
+    stem = report_stem(board, config)
+    build_dir = Path(build_dir or Path("build/synth") / stem)
+    pe_mult = pe_mult_choice(board, config, pe_mult)
+    top = BoardTop(board, config, mem_bytes=mem_bytes, clock_hz=clock_hz)
+    log(f"{stem}: {config.macs_per_cycle} MACs, PE multipliers on {pe_mult.upper()}, "
+        f"target {top.clock_hz / 1e6:g} MHz, memory {mem_bytes // 1024} KiB -> {build_dir}")
+    plan = spec.platform().build(top, name="top", do_build=False,
+                                 **_overrides(board, config, pe_mult, seed))
+    plan.extract(str(build_dir))
+    start = time.monotonic()
+    with open(build_dir / "build.log", "w") as out:
+        result = subprocess.run(["sh", f"{plan.script}.sh"], cwd=build_dir, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, check=False)
+    seconds = time.monotonic() - start
+    report_json = build_dir / "top.report.json"
+    nextpnr_log = build_dir / "top.tim"
+    error = None
+    if result.returncode != 0:
+        lines = (build_dir / "build.log").read_text().splitlines()
+        errors = [line for line in lines if line.startswith("ERROR")]
+        error = errors[0] if errors else f"exit {result.returncode}"
+        if not nextpnr_log.exists():
+            # Synthesis itself failed: nothing to report on.
+            raise RuntimeError(f"the build failed after {seconds:.0f} s: {error}; see "
+                               f"{build_dir}/build.log")
+    if report_json.exists() and error is None:
+        utilization, fmax = parse_nextpnr_report(report_json.read_text())
+        paths = parse_critical_paths(report_json.read_text())
+    else:
+        # Place and route stopped (typically: the design does not fit): report what it used.
+        utilization, fmax, paths = parse_utilisation_log(nextpnr_log.read_text()), {}, {}
+    cells = parse_yosys_cells((build_dir / "top.rpt").read_text())
+    report = summarise(spec, config, mem_bytes=mem_bytes, clock_hz=top.clock_hz,
+                       pe_mult=pe_mult, utilization=utilization, fmax=fmax, paths=paths,
+                       yosys_cells=cells, seconds=seconds, command=command or "", error=error)
+    json_path, md_path = write_reports(report, reports_dir, stem)
+    verdict = "PASS" if report["pass"] else "FAIL"
+    log(f"{stem}: Fmax {report['fmax_mhz']} MHz vs {report['target_mhz']} MHz target: "
+        f"{verdict}{f' ({error})' if error else ''} after {seconds:.0f} s; wrote {json_path}, "
+        f"{md_path}")
+    return report
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--board", required=True, choices=sorted(BOARDS))
+    parser.add_argument("--cores", type=int, default=1)
+    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--cols", type=int, default=8)
+    parser.add_argument("--clock-mhz", type=float, default=None,
+                        help="NPU clock (default: the board's target)")
+    parser.add_argument("--mem-kib", type=int, default=None,
+                        help="on-chip memory for programs and data, KiB")
+    parser.add_argument("--scratchpad-bytes", type=int, default=None)
+    parser.add_argument("--acc-rows", type=int, default=None)
+    parser.add_argument("--bus-width", type=int, default=None)
+    parser.add_argument("--param-slots", type=int, default=None)
+    parser.add_argument("--rounding", choices=("double", "single"), default=None)
+    parser.add_argument("--pe-mult", choices=("auto", "dsp", "lut"), default="auto",
+                        help="where the PE multipliers go (auto: DSPs if they all fit)")
+    parser.add_argument("--seed", type=int, default=1, help="nextpnr placer seed")
+    parser.add_argument("--build-dir", default=None)
+    parser.add_argument("--reports-dir", default=str(REPORTS_DIR))
+    args = parser.parse_args(argv)
+
+    config, mem_bytes = board_config(
+        args.board, cores=args.cores, rows=args.rows, cols=args.cols,
+        mem_bytes=args.mem_kib * 1024 if args.mem_kib else None,
+        scratchpad_bytes=args.scratchpad_bytes, acc_rows=args.acc_rows,
+        bus_width=args.bus_width, param_slots=args.param_slots, rounding=args.rounding)
+    command = "python -m npu.synth.build " + shlex.join(
+        argv if argv is not None else sys.argv[1:])
+    try:
+        report = build(args.board, config, mem_bytes=mem_bytes,
+              clock_hz=args.clock_mhz * 1e6 if args.clock_mhz else None,
+              pe_mult=args.pe_mult, seed=args.seed, build_dir=args.build_dir,
+              reports_dir=args.reports_dir, command=command)
+    except (FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0 if report["pass"] else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""On-chip memory behind an AXI4 subordinate port: the board's stand-in for external DRAM.
+
+An ``amaranth.lib.memory.Memory`` (block RAM), or on the iCE40UP5K the single-port SPRAM
+blocks, instantiated directly (Yosys does not infer them for a zero-initialised memory). Reads
+and writes share one RAM address, so either kind works; bursts are served one at a time, reads
+and writes taking turns, each at one beat per cycle.
+"""
+
+from amaranth import Cat, ClockSignal, Instance, Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory, MemoryData
+from amaranth.lib.wiring import In
+from amaranth.utils import exact_log2
+
+from npu.rtl.bus import RESP_OKAY, RESP_SLVERR, AXI4Signature
+
+__all__ = ["AXI4OnChipMemory"]
+
+
+class AXI4OnChipMemory(wiring.Component):
+    """``size`` bytes of on-chip RAM answering INCR bursts.
+
+    Reads: the AR handshake reads the first beat, which is valid the next cycle; each beat
+    taken reads the next. Writes: after the AW handshake, one beat per cycle, then B. A beat
+    outside ``[0, size)`` answers ``RESP_SLVERR`` (reads return zeros, writes are dropped).
+
+    Parameters
+    ----------
+    signature : AXI4Signature
+        Of the manager that connects (widths and ID width).
+    size : int
+        Bytes; a power of two, at least one bus beat.
+    init : bytes-like, optional
+        Initial contents from address 0.
+    spram : bool
+        Build the RAM from iCE40UP5K ``SB_SPRAM256KA`` blocks (16K x 16 bits each, at most
+        four) when elaborated for a platform; the simulator always uses the ``Memory``.
+
+    Ports
+    -----
+    bus : In(signature)
+
+    Attributes
+    ----------
+    data : MemoryData
+        The contents, one bus beat per row (for tests to peek).
+    """
+
+    #: SPRAM geometry: depth and width of one SB_SPRAM256KA, and how many a UP5K has.
+    SPRAM_DEPTH, SPRAM_WIDTH, SPRAM_COUNT = 16384, 16, 4
+
+    def __init__(self, signature, *, size, init=(), spram=False):
+        if not isinstance(signature, AXI4Signature):
+            raise TypeError(f"signature must be an AXI4Signature, not {signature!r}")
+        bus_bytes = signature.data_width // 8
+        if isinstance(size, bool) or not isinstance(size, int) or size < bus_bytes \
+                or size & (size - 1):
+            raise ValueError(
+                f"Memory size must be a power of two of at least {bus_bytes} bytes, "
+                f"not {size!r}")
+        if (1 << signature.addr_width) < size:
+            raise ValueError(f"Memory size {size} does not fit a {signature.addr_width}-bit "
+                             "address")
+        self.size = size
+        self.bus_bytes = bus_bytes
+        init = bytes(init)
+        words = [int.from_bytes(init[i:i + bus_bytes], "little")
+                 for i in range(0, len(init), bus_bytes)]
+        self.data = MemoryData(shape=signature.data_width, depth=size // bus_bytes, init=words)
+        self.spram = bool(spram)
+        if self.spram:
+            blocks = (signature.data_width // self.SPRAM_WIDTH) \
+                * -(-(size // bus_bytes) // self.SPRAM_DEPTH)
+            if blocks > self.SPRAM_COUNT or init:
+                raise ValueError(f"{size} bytes at {signature.data_width} bits need {blocks} "
+                                 f"SPRAM blocks; there are {self.SPRAM_COUNT} and they cannot "
+                                 "be initialised")
+        super().__init__({"bus": In(signature)})
+
+    def elaborate(self, platform):
+        m = Module()
+        bus = self.bus
+        shift = exact_log2(self.bus_bytes)
+        depth_bits = exact_log2(self.size // self.bus_bytes)
+        addr_bits = bus.signature.addr_width - shift
+
+        # The RAM, seen through one address (``ram_addr``), write data / byte enables, and the
+        # data read at the address of the previous cycle (``ram_rdata``).
+        ram_addr = Signal(addr_bits)
+        ram_we = Signal(self.bus_bytes)
+        ram_rdata = Signal(bus.signature.data_width)
+        if self.spram and platform is not None:
+            self._elaborate_spram(m, ram_addr, bus.wdata, ram_we, ram_rdata)
+        else:
+            m.submodules.memory = mem = Memory(data=self.data)
+            rd = mem.read_port()
+            wr = mem.write_port(granularity=8)
+            m.d.comb += [rd.addr.eq(ram_addr), wr.addr.eq(ram_addr), wr.data.eq(bus.wdata),
+                         wr.en.eq(ram_we), ram_rdata.eq(rd.data)]
+
+        def inside(word):
+            return (word[depth_bits:] == 0) if addr_bits > depth_bits else 1
+
+        word = Signal(addr_bits)        # address of the beat being read / written
+        beats = Signal(8)               # beats left after the current one
+        ident = Signal.like(bus.arid)
+        r_ok = Signal()
+        m.d.comb += [
+            bus.rid.eq(ident), bus.bid.eq(ident),
+            bus.rlast.eq(beats == 0),
+            bus.rresp.eq(Mux(r_ok, RESP_OKAY, RESP_SLVERR)),
+            bus.rdata.eq(Mux(r_ok, ram_rdata, 0)),
+        ]
+
+        b_err = Signal()
+        prefer_write = Signal()
+        with m.FSM(name="axi_mem"):
+            with m.State("IDLE"):
+                m.d.comb += ram_addr.eq(bus.araddr[shift:])
+                # Alternate when both are waiting, so neither direction starves the other.
+                take_write = bus.awvalid & (prefer_write | ~bus.arvalid)
+                with m.If(take_write):
+                    m.d.comb += bus.awready.eq(1)
+                    m.d.sync += [word.eq(bus.awaddr[shift:]), beats.eq(bus.awlen),
+                                 ident.eq(bus.awid), b_err.eq(0), prefer_write.eq(0)]
+                    m.next = "WRITE"
+                with m.Elif(bus.arvalid):
+                    m.d.comb += bus.arready.eq(1)
+                    m.d.sync += [word.eq(bus.araddr[shift:]), beats.eq(bus.arlen),
+                                 ident.eq(bus.arid), r_ok.eq(inside(bus.araddr[shift:])),
+                                 prefer_write.eq(1)]
+                    m.next = "READ"
+            with m.State("READ"):
+                m.d.comb += bus.rvalid.eq(1)
+                # Read the next beat once this one is taken, else this one again (so the RAM
+                # needs no read enable).
+                m.d.comb += ram_addr.eq(Mux(bus.rready, word + 1, word))
+                with m.If(bus.rready):
+                    m.d.sync += [word.eq(word + 1), beats.eq(beats - 1),
+                                 r_ok.eq(inside(word + 1))]
+                    with m.If(beats == 0):
+                        m.next = "IDLE"
+            with m.State("WRITE"):
+                m.d.comb += [ram_addr.eq(word), bus.wready.eq(1)]
+                with m.If(bus.wvalid):
+                    with m.If(inside(word)):
+                        m.d.comb += ram_we.eq(bus.wstrb)
+                    with m.Else():
+                        m.d.sync += b_err.eq(1)
+                    m.d.sync += word.eq(word + 1)
+                    with m.If(bus.wlast):
+                        m.next = "RESP"
+            with m.State("RESP"):
+                m.d.comb += [bus.bvalid.eq(1), bus.bresp.eq(Mux(b_err, RESP_SLVERR, RESP_OKAY))]
+                with m.If(bus.bready):
+                    m.next = "IDLE"
+        return m
+
+    def _elaborate_spram(self, m, addr, wdata, we, rdata):
+        per_bank = len(wdata) // self.SPRAM_WIDTH
+        banks = -(-(self.size // self.bus_bytes) // self.SPRAM_DEPTH)
+        bank = addr[14:14 + max(1, (banks - 1).bit_length())] if banks > 1 else 0
+        bank_r = Signal(range(max(banks, 2)))
+        m.d.sync += bank_r.eq(bank)
+        outs = []
+        for b in range(banks):
+            selected = (bank == b) if banks > 1 else 1
+            lanes = []
+            for j in range(per_bank):
+                dout = Signal(16, name=f"spram{b}_{j}_dout")
+                lo, hi = we[2 * j], we[2 * j + 1]
+                m.submodules[f"spram{b}_{j}"] = Instance(
+                    "SB_SPRAM256KA",
+                    i_ADDRESS=addr[:14], i_DATAIN=wdata[16 * j:16 * j + 16],
+                    # One mask bit per nibble: two per byte lane.
+                    i_MASKWREN=Cat(lo, lo, hi, hi),
+                    i_WREN=(lo | hi) & selected, i_CHIPSELECT=selected, i_CLOCK=ClockSignal(),
+                    i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1,
+                    o_DATAOUT=dout)
+                lanes.append(dout)
+            outs.append(Cat(*lanes))
+        m.d.comb += rdata.eq(Cat(*outs).word_select(bank_r, len(rdata)))

@@ -1,0 +1,126 @@
+# amaranth: UnusedElaboratable=no
+"""The FPGA build: report parsing on nextpnr's documented format, tool discovery, and one
+real (small) synthesis behind the ``synth`` marker."""
+
+import json
+
+import pytest
+
+from npu.synth.boards import BOARDS, board_config
+from npu.synth.build import build, find_toolchain, missing_tools, pe_mult_choice
+from npu.synth.report import (
+    parse_critical_paths,
+    parse_nextpnr_report,
+    parse_utilisation_log,
+    parse_yosys_cells,
+    summarise,
+    write_reports,
+)
+
+# nextpnr's --report format (docs/report.md of nextpnr), with one critical path.
+NEXTPNR_REPORT = {
+    "utilization": {
+        "TRELLIS_COMB": {"used": 20000, "available": 83640},
+        "TRELLIS_FF": {"used": 9000, "available": 83640},
+        "MULT18X18D": {"used": 96, "available": 156},
+        "DP16KD": {"used": 58, "available": 208},
+    },
+    "fmax": {"cd_sync.clk": {"achieved": 87.5, "constraint": 100.0}},
+    "critical_paths": [{
+        "from": "posedge cd_sync.clk", "to": "posedge cd_sync.clk",
+        "path": [
+            {"type": "clk-to-q", "delay": 0.5, "from": {"cell": "a_reg"}, "to": {"cell": "a_reg"}},
+            {"type": "routing", "delay": 2.0, "from": {"cell": "a_reg"}, "to": {"cell": "mul"},
+             "sources": ["/x/rtl/systolic.py:83", "/share/ecp5/arith_map.v:1"]},
+            {"type": "logic", "delay": 6.0, "from": {"cell": "mul"}, "to": {"cell": "mul"}},
+            {"type": "routing", "delay": 2.5, "from": {"cell": "mul"}, "to": {"cell": "psum"},
+             "sources": ["/x/rtl/systolic.py:83"]},
+            {"type": "setup", "delay": 0.43, "from": {"cell": "psum"}, "to": {"cell": "psum"}},
+        ],
+    }, {"from": "<async>", "to": "posedge cd_sync.clk", "path": []}],
+}
+
+
+def test_nextpnr_report_and_critical_path_are_parsed():
+    text = json.dumps(NEXTPNR_REPORT)
+    utilization, fmax = parse_nextpnr_report(text)
+    assert utilization["MULT18X18D"] == {"used": 96, "available": 156}
+    assert fmax == {"cd_sync.clk": {"achieved": 87.5, "constraint": 100.0}}
+    paths = parse_critical_paths(text)
+    assert list(paths) == ["cd_sync.clk"]
+    path = paths["cd_sync.clk"]
+    assert (path["from"], path["to"]) == ("a_reg", "psum")
+    assert path["delay_ns"] == pytest.approx(11.43)
+    assert (path["logic_ns"], path["routing_ns"]) == (pytest.approx(6.93), pytest.approx(4.5))
+    assert path["sources"] == ["rtl/systolic.py:83"]
+
+
+def test_report_says_fail_below_the_target_and_writes_json_and_markdown(tmp_path):
+    config, mem_bytes = board_config("ulx3s-85f", cores=1, rows=8, cols=8)
+    text = json.dumps(NEXTPNR_REPORT)
+    utilization, fmax = parse_nextpnr_report(text)
+    report = summarise(BOARDS["ulx3s-85f"], config, mem_bytes=mem_bytes, clock_hz=100e6,
+                       pe_mult="dsp", utilization=utilization, fmax=fmax,
+                       paths=parse_critical_paths(text), yosys_cells={}, seconds=1.0,
+                       command="make synth")
+    assert report["pass"] is False and report["fits"] is True
+    assert report["resources"]["dsps"] == {"used": 96, "available": 156, "cell": "MULT18X18D"}
+    assert report["resources"]["luts"]["used"] == 20000
+    assert report["peak_gops_at_target"] == 12.8          # 2 x 64 MACs x 100 MHz
+    assert report["peak_gops_at_fmax"] == 11.2            # at 87.5 MHz
+    json_path, md_path = write_reports(report, tmp_path, "ulx3s-85f_1x8x8")
+    assert json.loads(json_path.read_text())["clocks"]["cd_sync.clk"]["pass"] is False
+    md = md_path.read_text()
+    assert "**FAIL**" in md and "| MULT18X18D" not in md and "| DSPs (MULT18X18D) | 96 | 156 |" in md
+
+
+def test_utilisation_of_a_design_that_does_not_fit_comes_from_the_log():
+    log = ("Info: Device utilisation:\n"
+           "Info: \t         ICESTORM_LC:   12137/   5280   229%\n"
+           "Info: \t      ICESTORM_SPRAM:       2/      4    50%\n")
+    assert parse_utilisation_log(log) == {
+        "ICESTORM_LC": {"used": 12137, "available": 5280},
+        "ICESTORM_SPRAM": {"used": 2, "available": 4}}
+
+
+def test_yosys_cell_counts_are_the_whole_designs():
+    rpt = ("Printing statistics.\n=== top ===\n      12   SB_LUT4\n"
+           "=== design hierarchy ===\n     100   SB_LUT4\n      40   SB_DFFE\n"
+           "        3   SB_MAC16\n     100   SB_LUT4\n")
+    assert parse_yosys_cells(rpt) == {"SB_LUT4": 100, "SB_DFFE": 40, "SB_MAC16": 3}
+
+
+def test_pe_multipliers_go_to_dsps_only_when_all_fit():
+    one, _ = board_config("ulx3s-85f", cores=1, rows=8, cols=8)
+    four, _ = board_config("ulx3s-85f", cores=4, rows=8, cols=8)
+    assert pe_mult_choice("ulx3s-85f", one) == "dsp"        # 64 + 32 requant <= 156
+    assert pe_mult_choice("ulx3s-85f", four) == "lut"       # 256 + 128 > 156
+    assert pe_mult_choice("ulx3s-85f", four, "dsp") == "dsp"
+    with pytest.raises(ValueError, match="pe_mult must be 'auto', 'dsp' or 'lut', not 'x'"):
+        pe_mult_choice("ulx3s-85f", one, "x")
+
+
+def test_toolchain_environment_variables_win(monkeypatch):
+    monkeypatch.setenv("NEXTPNR_ICE40", "/nowhere/nextpnr-ice40")
+    tools = find_toolchain("ice40")
+    assert tools["NEXTPNR_ICE40"] == "/nowhere/nextpnr-ice40"
+    assert set(tools) == {"YOSYS", "NEXTPNR_ICE40", "ICEPACK"}
+    assert "NEXTPNR_ICE40" in missing_tools("ice40")
+
+
+@pytest.mark.synth
+def test_small_ecp5_build_reports_resources_and_fmax(tmp_path):
+    missing = missing_tools("ecp5")
+    if missing:
+        pytest.skip(f"FPGA tools not found: {', '.join(missing)} (make synth-setup)")
+    config, mem_bytes = board_config("ulx3s-85f", cores=1, rows=2, cols=2, mem_bytes=16384)
+    report = build("ulx3s-85f", config, mem_bytes=mem_bytes, build_dir=tmp_path / "build",
+                   reports_dir=tmp_path / "reports", log=lambda *_: None)
+    assert (tmp_path / "build" / "top.bit").exists()
+    assert (tmp_path / "reports" / "ulx3s-85f_1x2x2.md").exists()
+    res = report["resources"]
+    assert report["fits"] and report["error"] is None
+    assert 0 < res["luts"]["used"] < res["luts"]["available"] == 83640
+    assert res["dsps"]["used"] >= 4 + 4 * 2       # PE products and requantiser on DSPs
+    assert res["rams"]["DP16KD"]["used"] > 0
+    assert report["fmax_mhz"] > 10
