@@ -50,7 +50,7 @@ __all__ = ["GemmLayout", "GemmPlan", "WeightTiles", "plan_gemm", "compile_gemm",
            "pack_weights", "unpack_out", "pack_params", "layout_sizes", "roundup"]
 
 #: Steps in flight between the load and execute units (buffers per kind).
-PIPELINE_DEPTH = 2
+PIPELINE_DEPTH = 4
 #: Gather index of an array row that has no weights (padding of a packed tile): reads zero.
 NO_ROW = 0xFF
 
@@ -414,17 +414,16 @@ def _compile_band(config, plan, layout, weights, band):
                        layout.out_addr + (nb * plan.M + c0) * layout.o_pitch,
                        raw=plan.raw, slot=0 if plan.raw else nb % slots, deps=tuple(deps))
 
+        if not plan.raw:
+            # Before every step's token: a STORE may follow the first step.
+            for nb in pass_nbs:
+                prog.loadp(nb % slots, layout.param_addr + nb * layout.param_pitch)
         for t in range(min(D - 1, T)):
             emit_loads(t)
         for t in range(T):
             if t + D - 1 < T:
                 emit_loads(t + D - 1)
             emit_exec(t)
-            if t == 0 and not plan.raw:
-                # Only the first STORE needs these: after the first steps, so that compute
-                # starts sooner (dispatch is in order: earlier, they would hold it up).
-                for nb in pass_nbs:
-                    prog.loadp(nb % slots, layout.param_addr + nb * layout.param_pitch)
             if steps[t]["last"]:
                 emit_store(steps[t]["block"])
     return prog, len(passes)

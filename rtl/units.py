@@ -163,7 +163,7 @@ class FetchUnit(wiring.Component):
     core is halting); ``inflight`` stays high until every read issued has returned.
     """
 
-    DEPTH = 4
+    DEPTH = 8
 
     def __init__(self, config):
         _check_config(config)
@@ -273,9 +273,13 @@ class _TokenWait:
 class LoadUnit(wiring.Component):
     """LOAD and LOADP: 2-D strided reads from memory into scratchpad lines or a parameter slot.
 
-    Address bursts are issued back to back while data returns (reads are pipelined); each
-    returned beat is written the same cycle it arrives.
+    Address bursts are issued back to back while data returns (reads are pipelined), also
+    across instructions: the next instruction issues its addresses while the data of up to
+    ``DESCRIPTORS`` earlier ones is still arriving, so the memory's latency is paid once per
+    stream, not once per instruction. Each returned beat is written the cycle it arrives.
     """
+
+    DESCRIPTORS = 4
 
     def __init__(self, config):
         _check_config(config)
@@ -308,10 +312,18 @@ class LoadUnit(wiring.Component):
         L = cfg.line_bytes
         m.submodules.bursts = bursts = _BurstGenerator(cfg)
 
+        # Issue side: one instruction at a time takes its tokens and issues its address
+        # bursts; then the next may start while the data of the first is still arriving.
+        # Receive side: a queue of descriptors says where the arriving beats go; the tokens an
+        # instruction pushes are given when its last beat has been written.
         ins = Signal(Instruction)
-        is_param = Signal()
-        rows = Signal(16)
-        beats_per_row = Signal(16)
+        desc_layout = data.StructLayout({
+            "is_param": 1, "rows": 16, "beats_per_row": 16, "row_bytes": 8,
+            "sp_addr": 16, "slot": 8, "push_prev": 1, "push_next": 1,
+        })
+        m.submodules.descs = descs = SyncFIFOBuffered(width=desc_layout.size,
+                                                      depth=self.DESCRIPTORS)
+        d = data.View(desc_layout, descs.r_data)
         r_row = Signal(16)
         r_beat = Signal(16)
         param_beats = -(-param_slot_bytes(cfg.cols) // B)
@@ -328,17 +340,15 @@ class LoadUnit(wiring.Component):
 
         # Scratchpad write of a beat: beat 0 of a row writes the whole line (zeros past
         # row_bytes), later beats their own bytes.
-        row_bytes = ins.body.load.row_bytes
         sp_write = Signal()
         for k in range(L):
             mine = r_beat == k // B
             m.d.comb += [
-                self.sp.data[k].eq(Mux(mine & (k < row_bytes),
+                self.sp.data[k].eq(Mux(mine & (k < d.row_bytes),
                                        self.bus.rdata.word_select(k % B, 8), 0)),
                 self.sp.en[k].eq(sp_write & ((r_beat == 0) | mine)),
             ]
-        sp_base = ins.body.load.sp_addr
-        m.d.comb += self.sp.addr.eq(sp_base + r_row)
+        m.d.comb += self.sp.addr.eq(d.sp_addr + r_row)
 
         # Zero flags of the line being written: which sub-blocks saw a non-zero byte so far.
         G, R = cfg.sparse_group, cfg.rows
@@ -360,13 +370,59 @@ class LoadUnit(wiring.Component):
         pgot = Signal(param_beats * B * 8)
         m.d.comb += [
             pgot.eq(Cat(pbuf, self.bus.rdata)[-param_beats * B * 8:]),
-            self.params.addr.eq(ins.body.loadp.slot),
+            self.params.addr.eq(d.slot),
             self.params.data.eq(pgot[:len(self.params.data.as_value())]),
         ]
 
+        # Receive side.
+        m.d.comb += self.stall_memory.eq(descs.r_rdy & ~self.bus.rvalid)
+        with m.If(self.bus.rvalid):
+            last_beat = r_beat == d.beats_per_row - 1
+            m.d.sync += r_beat.eq(Mux(last_beat, 0, r_beat + 1))
+            with m.If(d.is_param):
+                m.d.sync += pbuf.eq(pgot)
+                with m.If(last_beat):
+                    m.d.comb += self.params.en.eq(1)
+            with m.Else():
+                m.d.comb += [sp_write.eq(1), self.zflags.en.eq(last_beat)]
+            with m.If(last_beat):
+                m.d.sync += r_row.eq(r_row + 1)
+                with m.If(r_row == d.rows - 1):
+                    m.d.sync += r_row.eq(0)
+                    m.d.comb += [
+                        descs.r_en.eq(1),
+                        self.tokens.push.eq(Cat(d.push_prev, d.push_next)),
+                    ]
+
+        # Issue side.
+        new = data.View(desc_layout, descs.w_data)
+        load = ins.body.load
+        loadp = ins.body.loadp
+        m.d.comb += [
+            new.row_bytes.eq(load.row_bytes), new.sp_addr.eq(load.sp_addr),
+            new.slot.eq(loadp.slot), new.push_prev.eq(ins.deps.push_prev),
+            new.push_next.eq(ins.deps.push_next),
+        ]
+        with m.If(ins.op == Opcode.LOADP):
+            m.d.comb += [
+                bursts.addr0.eq(loadp.addr), bursts.stride.eq(0),
+                bursts.rows.eq(1), bursts.beats_per_row.eq(param_beats),
+                new.is_param.eq(1), new.rows.eq(1), new.beats_per_row.eq(param_beats),
+            ]
+        with m.Else():
+            bpr = (load.row_bytes + (B - 1)) >> exact_log2(B)
+            m.d.comb += [
+                bursts.addr0.eq(load.addr), bursts.stride.eq(load.stride),
+                bursts.rows.eq(load.rows), bursts.beats_per_row.eq(bpr),
+                new.is_param.eq(0), new.rows.eq(load.rows), new.beats_per_row.eq(bpr),
+            ]
+
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += [self.idle.eq(~self.cmd.valid), self.cmd.ready.eq(1)]
+                m.d.comb += [
+                    self.idle.eq(~self.cmd.valid & ~bursts.busy & ~descs.r_rdy),
+                    self.cmd.ready.eq(1),
+                ]
                 with m.If(self.cmd.valid & ~self.abort):
                     m.d.sync += ins.eq(self.cmd.payload)
                     m.next = "WAIT"
@@ -374,47 +430,12 @@ class LoadUnit(wiring.Component):
                 with m.If(self.abort):
                     m.next = "IDLE"
                 with m.Elif(_TokenWait.ready(ins.deps, self.tokens)):
-                    _TokenWait.pop(m, ins.deps, self.tokens)
-                    load = ins.body.load
-                    loadp = ins.body.loadp
-                    with m.If(ins.op == Opcode.LOADP):
-                        m.d.comb += [
-                            bursts.addr0.eq(loadp.addr), bursts.stride.eq(0),
-                            bursts.rows.eq(1), bursts.beats_per_row.eq(param_beats),
-                        ]
-                        m.d.sync += [is_param.eq(1), rows.eq(1),
-                                     beats_per_row.eq(param_beats)]
-                    with m.Else():
-                        bpr = (load.row_bytes + (B - 1)) >> exact_log2(B)
-                        m.d.comb += [
-                            bursts.addr0.eq(load.addr), bursts.stride.eq(load.stride),
-                            bursts.rows.eq(load.rows), bursts.beats_per_row.eq(bpr),
-                        ]
-                        m.d.sync += [is_param.eq(0), rows.eq(load.rows),
-                                     beats_per_row.eq(bpr)]
-                    m.d.comb += bursts.start.eq(1)
-                    m.d.sync += [r_row.eq(0), r_beat.eq(0)]
-                    m.next = "RUN"
+                    with m.If(~bursts.busy & descs.w_rdy):
+                        _TokenWait.pop(m, ins.deps, self.tokens)
+                        m.d.comb += [bursts.start.eq(1), descs.w_en.eq(1)]
+                        m.next = "IDLE"
                 with m.Else():
                     m.d.comb += self.stall_dependency.eq(1)
-            with m.State("RUN"):
-                m.d.comb += self.stall_memory.eq(~self.bus.rvalid)
-                with m.If(self.bus.rvalid):
-                    last_beat = r_beat == beats_per_row - 1
-                    m.d.sync += r_beat.eq(Mux(last_beat, 0, r_beat + 1))
-                    with m.If(is_param):
-                        m.d.sync += pbuf.eq(pgot)
-                        with m.If(last_beat):
-                            m.d.comb += self.params.en.eq(1)
-                    with m.Else():
-                        m.d.comb += [sp_write.eq(1), self.zflags.en.eq(last_beat)]
-                    with m.If(last_beat):
-                        m.d.sync += r_row.eq(r_row + 1)
-                        with m.If(r_row == rows - 1):
-                            m.next = "FINISH"
-            with m.State("FINISH"):
-                _TokenWait.push(m, ins.deps, self.tokens)
-                m.next = "IDLE"
 
         return m
 
