@@ -121,19 +121,30 @@ class _BurstGenerator(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         rows_left = Signal(16)
-        beats_left = Signal(16)
+        beats_left = Signal(24)
         row_addr = Signal(32)
         addr = Signal(32)
-        beats_per_row = Signal(16)
+        beats_per_row = Signal(24)
         stride = Signal(24)
         beats = _burst_len(m, self._config, addr, beats_left)
+        # Rows that follow each other without a gap are one transfer: long bursts keep the
+        # memory busy with fewer requests in flight.
+        log2_bytes = exact_log2(self._config.bus_bytes)
+        contiguous = Signal()
+        m.d.comb += contiguous.eq(self.stride == (self.beats_per_row << log2_bytes))
         m.d.comb += [
             self.busy.eq(rows_left != 0),
             self.valid.eq(rows_left != 0),
             self.addr.eq(addr),
             self.len.eq(beats - 1),
         ]
-        with m.If(self.start):
+        with m.If(self.start & contiguous & (self.rows != 0)):
+            m.d.sync += [
+                rows_left.eq(1), beats_left.eq(self.rows * self.beats_per_row),
+                row_addr.eq(self.addr0), addr.eq(self.addr0),
+                beats_per_row.eq(self.rows * self.beats_per_row), stride.eq(0),
+            ]
+        with m.Elif(self.start):
             m.d.sync += [
                 rows_left.eq(self.rows), beats_left.eq(self.beats_per_row),
                 row_addr.eq(self.addr0), addr.eq(self.addr0),
