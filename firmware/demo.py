@@ -68,7 +68,7 @@ def run_demo(*, images=4, cores=1, backend="amaranth"):
     ok &= agree == 1.0
 
     n = min(images, len(xq))
-    dev = Device(backend=backend, cores=cores)
+    dev = Device(backend=backend, cores=cores, progress=True)
     print(f"\n{backend} backend (cycle-exact gateware), {n} images, {cores} core(s) of "
           f"{dev.config.rows}x{dev.config.cols}:")
     t0 = time.time()

@@ -39,7 +39,7 @@ def test_structured_sparse_gemm_on_golden_equals_numpy_and_dense(sparsity):
         assert tiles.tiles == 3          # one empty tile per N-block still writes the zeros
 
 
-@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.75, 1.0])
+@pytest.mark.parametrize("sparsity", [0.0, 0.25, 0.5, 0.75, 0.9, 1.0])
 def test_structured_sparse_gemm_on_amaranth_equals_numpy(sparsity):
     cfg = NPUConfig(rows=4, cols=4)
     rng = np.random.default_rng(7 + int(sparsity * 10))
