@@ -239,7 +239,8 @@ def plan_gemm(config, M, K, N, *, raw, cores=None, split="auto"):
         plan.mt, plan.resident, plan.a_buffers = band_rows, True, 1
         return plan
     mt_max = min(band_rows, acc_limit, sp_free // (2 * nQ))
-    if mt_max >= min(band_rows, 32):
+    # Resident unless the chunks would be too short to hide a step's dispatch and weights.
+    if mt_max >= min(band_rows, 16):
         chunks = cdiv(band_rows, mt_max)
         plan.mt, plan.resident, plan.a_buffers = cdiv(band_rows, chunks), True, 2
         return plan
