@@ -556,9 +556,10 @@ class ExecuteUnit(wiring.Component):
                 with m.Else():
                     use = Signal(G, name=f"use{b}")
                     for g in range(G):
+                        lo = [] if g == 0 else [self.sp_w.data[i] >= g * R for i in range(R)]
+                        hi = [self.sp_w.data[i] < (g + 1) * R for i in range(R)]
                         m.d.comb += use[g].eq(Cat(
-                            (self.sp_w.data[i] >= g * R) & (self.sp_w.data[i] < (g + 1) * R)
-                            for i in range(R)).any())
+                            (lo[i] & hi[i]) if lo else hi[i] for i in range(R)).any())
                     m.d.sync += used[b].eq(use)
                     for i in range(R):
                         m.d.sync += gather[b][i].eq(self.sp_w.data[i])
