@@ -92,21 +92,51 @@ def energy_estimate(stats, config):
             "sram_share": sram / total, "mac_share": mac / total}
 
 
-def run_bench(*, quick=False, backend=None, out=JSON_PATH):
+SECTIONS = ("utilization", "scaling", "memory_wall", "sparse", "speed")
+
+
+def run_bench(*, quick=False, backend=None, out=JSON_PATH, sections=SECTIONS):
+    """Run the benchmark sections; results already in ``out`` for other sections are kept."""
     from npu.rtl.config import NPUConfig
     backend = backend or _backend()
     big = 128 if quick else 256
-    results = {"backend": backend, "memory": {"bytes_per_cycle": BYTES_PER_CYCLE,
-                                              "latency": LATENCY},
-               "machine": platform.machine(), "quick": quick}
+    results = json.loads(out.read_text()) if out.exists() and set(sections) != set(
+        SECTIONS) else {}
+    results.update({"backend": backend, "memory": {"bytes_per_cycle": BYTES_PER_CYCLE,
+                                                   "latency": LATENCY},
+                    "machine": platform.machine(), "quick": quick})
     cfg = NPUConfig()
     print(f"benchmarks on the {backend} backend; memory {BYTES_PER_CYCLE} B/cycle, "
           f"latency {LATENCY} cycles; 8x8 array")
 
-    # 1. Dense utilisation.
+    if "utilization" in sections:
+        _utilization(results, backend, big, cfg)
+    if "scaling" in sections:
+        _scaling(results, backend, big)
+    if "memory_wall" in sections:
+        _memory_wall(results, backend)
+    if "sparse" in sections:
+        _sparse(results, backend, big, cfg)
+    if "speed" in sections:
+        _speed(results, backend)
+    if "utilization" in results:
+        e = results["utilization"][f"{big}x{big}x{big}"]["energy"]
+        print(f"\n-- energy estimate ({big}^3): {e['pj_per_mac']:.2f} pJ/MAC; DRAM "
+              f"{e['dram_share']:.0%}, SRAM {e['sram_share']:.0%}, MAC {e['mac_share']:.0%}")
+    results["energy_pj"] = ENERGY_PJ
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, default=str))
+    _plots(results, out.parent)
+    if not quick:
+        update_readme(results)
+    print(f"\nwrote {out}")
+    return 0
+
+
+def _utilization(results, backend, big, cfg):
     print("\n-- dense GEMM utilisation, 1 core (goal: >= 95 % on 256^3, DMA included) --")
     util = {}
-    shapes = [(64, 64, 64), (big, big, big)] + ([] if quick else [(512, 512, 128)])
+    shapes = [(64, 64, 64), (big, big, big)] + ([] if big < 256 else [(512, 512, 128)])
     for M, K, N in shapes:
         s = _gemm(backend, M, K, N)
         key = f"{M}x{K}x{N}"
@@ -132,7 +162,8 @@ def run_bench(*, quick=False, backend=None, out=JSON_PATH):
               f"{s['utilization']:6.1%} (K or N below the array size caps it)")
     results["digits_cnn"] = cnn
 
-    # 2. Multi-core scaling.
+
+def _scaling(results, backend, big):
     print(f"\n-- multi-core scaling, {big}^3 (goal: >= 3.6x at 4 cores) --")
     scaling = {}
     base = None
@@ -146,7 +177,8 @@ def run_bench(*, quick=False, backend=None, out=JSON_PATH):
     results["scaling"] = scaling
     results["scaling_goal"] = {"cores": 4, "goal": 3.6, "met": scaling[4]["speedup"] >= 3.6}
 
-    # 3. Memory wall.
+
+def _memory_wall(results, backend):
     print("\n-- memory wall: utilisation against memory bytes per cycle, 1 core --")
     wall = {}
     for bpc in (1, 2, 4, 8, 16):
@@ -155,7 +187,8 @@ def run_bench(*, quick=False, backend=None, out=JSON_PATH):
         print(f"  {bpc:>2} B/cycle: utilisation {s['utilization']:6.1%}")
     results["memory_wall"] = wall
 
-    # 4. Sparse sweep.
+
+def _sparse(results, backend, big, cfg):
     print(f"\n-- sparse sweep, {big}^3, 1 core (goal: >= 1.8x at 50 %, >= 3.6x at 75 %) --")
     sweep = {}
     dense = None
@@ -178,7 +211,8 @@ def run_bench(*, quick=False, backend=None, out=JSON_PATH):
     results["sparse_goal"] = {"0.5": sweep[0.5]["speedup"] >= 1.8,
                               "0.75": sweep[0.75]["speedup"] >= 3.6}
 
-    # 5. Simulation speed.
+
+def _speed(results, backend):
     print("\n-- simulation speed (simulated NPU cycles per wall-clock second) --")
     speed = {}
     for name in ("golden", "amaranth", "verilator"):
@@ -191,27 +225,19 @@ def run_bench(*, quick=False, backend=None, out=JSON_PATH):
         print(f"  {name:<9} {speed[name]:>12.0f} cycles/s")
     results["sim_speed"] = speed
 
-    # 6. Energy.
-    results["energy_pj"] = ENERGY_PJ
-    e = util[f"{big}x{big}x{big}"]["energy"]
-    print(f"\n-- energy estimate ({big}^3): {e['pj_per_mac']:.2f} pJ/MAC; DRAM "
-          f"{e['dram_share']:.0%}, SRAM {e['sram_share']:.0%}, MAC {e['mac_share']:.0%}")
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1, default=str))
-    _plots(results, out.parent)
-    if not quick:
-        update_readme(results)
-    print(f"\nwrote {out}")
-    return 0
-
 
 def _plots(results, folder):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    wall = results["memory_wall"]
+    if "memory_wall" in results:
+        _plot_wall(results["memory_wall"], folder, plt)
+    if "sparse" in results:
+        _plot_sparse(results["sparse"], folder, plt)
+
+
+def _plot_wall(wall, folder, plt):
     bpc = [int(k) for k in wall]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(bpc, [wall[k]["utilization"] for k in wall], "o-", label="measured")
@@ -227,7 +253,8 @@ def _plots(results, folder):
     fig.savefig(folder / "roofline.png", dpi=120)
     plt.close(fig)
 
-    sweep = results["sparse"]
+
+def _plot_sparse(sweep, folder, plt):
     s = [float(k) for k in sweep]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(s, [sweep[k]["speedup"] for k in sweep], "o-", label="measured")
@@ -243,8 +270,8 @@ def _plots(results, folder):
 
 def update_readme(results, readme=README):
     """Rewrite the README's performance section from the benchmark results."""
-    big = results["utilization_goal"]["shape"]
-    u = results["utilization"]
+    big = results.get("utilization_goal", {}).get("shape", "256x256x256")
+    u = results.get("utilization", {})
     lines = [f"Measured by `make bench` on the {results['backend']} backend (memory "
              f"{results['memory']['bytes_per_cycle']} B/cycle each way, latency "
              f"{results['memory']['latency']} cycles; 8x8 array). Raw data: "
@@ -254,22 +281,23 @@ def update_readme(results, readme=README):
         goal = "≥ 95 %" if key == big else ""
         lines.append(f"| utilisation {key}, 1 core | {v['utilization']:.1%} "
                      f"({v['cycles']} cycles) | {goal} | 100 % |")
-    for cores, v in results["scaling"].items():
+    for cores, v in results.get("scaling", {}).items():
         goal = "≥ 3.6x" if str(cores) == "4" else ""
         lines.append(f"| {big}, {cores} core(s) | {v['speedup']:.2f}x ({v['cycles']} cycles) "
                      f"| {goal} | {cores}x |")
-    for s, v in results["sparse"].items():
+    for s, v in results.get("sparse", {}).items():
         goal = {"0.5": "≥ 1.8x", "0.75": "≥ 3.6x"}.get(str(s), "")
         lines.append(f"| {big} with {float(s):.0%} zero K-rows | {v['speedup']:.2f}x | {goal} "
                      f"| {v['ideal']:.2f}x |")
-    for bpc, v in results["memory_wall"].items():
+    for bpc, v in results.get("memory_wall", {}).items():
         lines.append(f"| 128^3 at {bpc} B/cycle | {v['utilization']:.1%} | | |")
-    for name, v in results["sim_speed"].items():
+    for name, v in results.get("sim_speed", {}).items():
         lines.append(f"| simulation speed, {name} | {v:,.0f} cycles/s | | |")
-    e = u[big]["energy"]
-    lines.append(f"| energy estimate, {big} | {e['pj_per_mac']:.2f} pJ/MAC (DRAM "
-                 f"{e['dram_share']:.0%}, SRAM {e['sram_share']:.0%}, MAC "
-                 f"{e['mac_share']:.0%}) | | |")
+    if big in u:
+        e = u[big]["energy"]
+        lines.append(f"| energy estimate, {big} | {e['pj_per_mac']:.2f} pJ/MAC (DRAM "
+                     f"{e['dram_share']:.0%}, SRAM {e['sram_share']:.0%}, MAC "
+                     f"{e['mac_share']:.0%}) | | |")
     lines += ["", "![roofline](docs/roofline.png) ![sparse](docs/sparse.png)"]
     table = "\n".join(lines)
     text = readme.read_text()

@@ -77,7 +77,9 @@ def cmd_demo(args):
 
 def cmd_bench(args):
     from npu.firmware.bench import run_bench
-    return run_bench(quick=args.quick)
+    sections = tuple(args.only.split(",")) if args.only else None
+    kwargs = {"sections": sections} if sections else {}
+    return run_bench(quick=args.quick, **kwargs)
 
 
 def main(argv=None):
@@ -117,6 +119,8 @@ def main(argv=None):
 
     p = sub.add_parser("bench", help="performance benchmarks (long)")
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    p.add_argument("--only", help="comma-separated sections: utilization, scaling, "
+                   "memory_wall, sparse, speed (the others keep their last results)")
     p.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
