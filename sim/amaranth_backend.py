@@ -5,7 +5,6 @@ starts the cores, waits for the interrupt and reads status and counters back. Ex
 is the AXI4 model of ``axi_mem.py``.
 """
 
-import numpy as np
 
 from npu.rtl.control import COUNTERS, RegisterMap
 from npu.rtl.isa import CoreState, ErrorCode

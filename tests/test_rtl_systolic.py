@@ -4,7 +4,7 @@ import pytest
 from npu.rtl.config import NPUConfig
 from npu.rtl.systolic import SystolicArray
 from npu.sim.amaranth_sim import run_simulation
-from npu.sim.streams import stream_get, stream_put
+from npu.sim.streams import stream_put
 
 SHAPES = [(1, 1), (2, 3), (4, 4), (8, 8)]
 
