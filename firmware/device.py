@@ -279,10 +279,8 @@ class Device:
     def _run_gemm(self, a, b, *, raw, params=None, sparse=True):
         image = build_gemm_image(self.config, a, b, raw=raw, params=params, sparse=sparse)
         self.last_programs = list(zip(image.starts, image.programs))
-        result = self.run(image.memory, image.starts)
-        result.structured_passes_skipped = image.structured_passes_skipped
-        if self._pending is None:
-            self._update_stats([result])
+        result = self.run(image.memory, image.starts,
+                          structured_passes_skipped=image.structured_passes_skipped)
         return image.read_output(result.memory)
 
     # -- layers -------------------------------------------------------------------------------
@@ -398,8 +396,9 @@ class Device:
 
     # -- running ------------------------------------------------------------------------------
 
-    def run(self, memory, programs, windows=None):
-        """Run a memory image (programs at the given addresses) and update ``stats``."""
+    def run(self, memory, programs, windows=None, *, structured_passes_skipped=0):
+        """Run a memory image (programs at the given addresses) and update ``stats``;
+        ``structured_passes_skipped`` is what the compiler's weight packing saved."""
         progress = _ProgressLine(self.max_cycles) if self.progress else None
         result = self._backend.run(memory, programs, windows, max_cycles=self.max_cycles,
                                    progress=progress)
@@ -407,6 +406,7 @@ class Device:
             progress.close()
         if any(c.state != CoreState.DONE for c in result.cores):
             raise NPUError(result.cores)
+        result.structured_passes_skipped = structured_passes_skipped
         if self._pending is not None:
             self._pending.append(result)
         else:
@@ -429,7 +429,7 @@ class Device:
         timed = all(r.cycles is not None for r in results) and results
         cycles = sum(r.cycles for r in results) if timed else None
         cfg_macs = cfg.rows * cfg.cols
-        structured = sum(getattr(r, "structured_passes_skipped", 0) for r in results)
+        structured = sum(r.structured_passes_skipped for r in results)
         hw_passes = sum(c.get("passes_skipped", 0) for c in per_core)
         hw_macs = sum(c.get("macs_skipped", 0) for c in per_core)
         self.stats = {

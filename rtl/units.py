@@ -4,6 +4,8 @@ Each unit is a ``wiring.Component``; ``core.py`` joins them to the memories, the
 semaphores and the memory bus. See docs/architecture.md for the timing of each unit.
 """
 
+from contextlib import contextmanager
+
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
@@ -267,6 +269,27 @@ class _TokenWait:
     """Shared by the units: wait for the tokens an instruction pops, then pop them."""
 
     @staticmethod
+    @contextmanager
+    def take(m, unit, ins, *, idle, ready=1):
+        """The IDLE and WAIT states of a unit's FSM (opened inside ``m.FSM()``): take the next
+        instruction into ``ins``, wait for its tokens (and ``ready``), pop them. The body of
+        the ``with`` runs in the cycle the instruction starts and names the next state."""
+        with m.State("IDLE"):
+            m.d.comb += [unit.idle.eq(~unit.cmd.valid & idle), unit.cmd.ready.eq(1)]
+            with m.If(unit.cmd.valid & ~unit.abort):
+                m.d.sync += ins.eq(unit.cmd.payload)
+                m.next = "WAIT"
+        with m.State("WAIT"):
+            with m.If(unit.abort):
+                m.next = "IDLE"
+            with m.Elif(_TokenWait.ready(ins.deps, unit.tokens)):
+                with m.If(ready):
+                    _TokenWait.pop(m, ins.deps, unit.tokens)
+                    yield
+            with m.Else():
+                m.d.comb += unit.stall_dependency.eq(1)
+
+    @staticmethod
     def ready(deps, tokens):
         need_prev = deps.pop_prev
         need_next = deps.pop_next
@@ -429,24 +452,10 @@ class LoadUnit(wiring.Component):
             ]
 
         with m.FSM():
-            with m.State("IDLE"):
-                m.d.comb += [
-                    self.idle.eq(~self.cmd.valid & ~bursts.busy & ~descs.r_rdy),
-                    self.cmd.ready.eq(1),
-                ]
-                with m.If(self.cmd.valid & ~self.abort):
-                    m.d.sync += ins.eq(self.cmd.payload)
-                    m.next = "WAIT"
-            with m.State("WAIT"):
-                with m.If(self.abort):
-                    m.next = "IDLE"
-                with m.Elif(_TokenWait.ready(ins.deps, self.tokens)):
-                    with m.If(~bursts.busy & descs.w_rdy):
-                        _TokenWait.pop(m, ins.deps, self.tokens)
-                        m.d.comb += [bursts.start.eq(1), descs.w_en.eq(1)]
-                        m.next = "IDLE"
-                with m.Else():
-                    m.d.comb += self.stall_dependency.eq(1)
+            with _TokenWait.take(m, self, ins, idle=~bursts.busy & ~descs.r_rdy,
+                                 ready=~bursts.busy & descs.w_rdy):
+                m.d.comb += [bursts.start.eq(1), descs.w_en.eq(1)]
+                m.next = "IDLE"
 
         return m
 
@@ -678,20 +687,8 @@ class ExecuteUnit(wiring.Component):
         m.d.comb += drained.eq(~a_busy & (array.bank_busy == 0) & ~wb_valid)
 
         with m.FSM():
-            with m.State("IDLE"):
-                m.d.comb += [self.idle.eq(~self.cmd.valid & ~w_busy & drained),
-                             self.cmd.ready.eq(1)]
-                with m.If(self.cmd.valid & ~self.abort):
-                    m.d.sync += ins.eq(self.cmd.payload)
-                    m.next = "WAIT"
-            with m.State("WAIT"):
-                with m.If(self.abort):
-                    m.next = "IDLE"
-                with m.Elif(_TokenWait.ready(ins.deps, self.tokens)):
-                    _TokenWait.pop(m, ins.deps, self.tokens)
-                    m.next = "EXEC"
-                with m.Else():
-                    m.d.comb += self.stall_dependency.eq(1)
+            with _TokenWait.take(m, self, ins, idle=~w_busy & drained):
+                m.next = "EXEC"
             with m.State("EXEC"):
                 with m.Switch(ins.op):
                     with m.Case(Opcode.LOADW):
@@ -867,27 +864,15 @@ class StoreUnit(wiring.Component):
                                      - self.bus.bvalid)
 
         with m.FSM():
-            with m.State("IDLE"):
-                m.d.comb += [self.idle.eq(~self.cmd.valid & (outstanding_b == 0)),
-                             self.cmd.ready.eq(1)]
-                with m.If(self.cmd.valid & ~self.abort):
-                    m.d.sync += ins.eq(self.cmd.payload)
-                    m.next = "WAIT"
-            with m.State("WAIT"):
-                with m.If(self.abort):
-                    m.next = "IDLE"
-                with m.Elif(_TokenWait.ready(ins.deps, self.tokens)):
-                    _TokenWait.pop(m, ins.deps, self.tokens)
-                    m.d.comb += [
-                        bursts.start.eq(1), bursts.addr0.eq(st.addr),
-                        bursts.stride.eq(st.stride), bursts.rows.eq(st.rows),
-                        bursts.beats_per_row.eq(beats_per_row),
-                    ]
-                    m.d.sync += [running.eq(1), rows_issued.eq(0), rows_done.eq(0),
-                                 w_beat.eq(0)]
-                    m.next = "RUN"
-                with m.Else():
-                    m.d.comb += self.stall_dependency.eq(1)
+            with _TokenWait.take(m, self, ins, idle=outstanding_b == 0):
+                m.d.comb += [
+                    bursts.start.eq(1), bursts.addr0.eq(st.addr),
+                    bursts.stride.eq(st.stride), bursts.rows.eq(st.rows),
+                    bursts.beats_per_row.eq(beats_per_row),
+                ]
+                m.d.sync += [running.eq(1), rows_issued.eq(0), rows_done.eq(0),
+                             w_beat.eq(0)]
+                m.next = "RUN"
             with m.State("RUN"):
                 with m.If(rows_done == st.rows):
                     m.d.sync += running.eq(0)
