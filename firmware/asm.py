@@ -248,9 +248,12 @@ class Program:
     def loadw(self, sp_addr, *, deps=()):
         return self.append(Opcode.LOADW, deps=deps, sp_addr=sp_addr)
 
-    def matmul(self, sp_addr, acc_addr, rows, accumulate=False, *, deps=()):
+    def matmul(self, sp_addr, acc_addr, rows, accumulate=False, load_weights=False,
+               w_sp_addr=0, *, deps=()):
+        """MATMUL; with ``load_weights``, the LOADW of the tile at ``w_sp_addr`` comes first."""
         return self.append(Opcode.MATMUL, deps=deps, sp_addr=sp_addr, acc_addr=acc_addr,
-                           rows=rows, accumulate=accumulate)
+                           rows=rows, accumulate=accumulate, load_weights=load_weights,
+                           w_sp_addr=w_sp_addr)
 
     def store(self, acc_addr, rows, cols, stride, addr, raw=False, slot=0, *, deps=()):
         return self.append(Opcode.STORE, deps=deps, acc_addr=acc_addr, rows=rows, cols=cols,
@@ -330,12 +333,18 @@ def assemble(text):
     return program
 
 
+#: Fields the text form leaves out when zero (a missing field assembles as zero).
+_OMITTED_WHEN_ZERO = ("load_weights", "w_sp_addr")
+
+
 def _format_word(word):
     fields = decode(word)
     op = fields.pop("op")
     deps = fields.pop("deps")
     parts = [op.name]
     for name, value in fields.items():
+        if name in _OMITTED_WHEN_ZERO and not value:
+            continue
         # Addresses read best in hex; counts and sizes in decimal.
         parts.append(f"{name}={value:#x}" if name == "addr" else f"{name}={value}")
     parts.extend(flag for flag in DEP_FLAGS if flag in deps)

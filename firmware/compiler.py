@@ -21,20 +21,22 @@ whatever the array size (``R`` x ``C`` array, ``G`` = ``sparse_group``, ``B`` = 
 Schedule (per core)
 -------------------
 A core computes a band of output rows (or of N-blocks). The band is cut into *chunks* of ``mt``
-rows; for each chunk and each N-block the tiles of that N-block accumulate into one accumulator
-region; regions alternate (two of ``mt`` rows) so the store of one block overlaps the compute of
-the next. A *step* is one tile: LOAD its weights (and, streamed, its activations), LOADW,
-MATMUL.
+rows; for each chunk, *groups* of N-blocks accumulate their tiles into one accumulator region
+(a chunk's first group may hold several blocks side by side, the rest one); regions alternate
+so the stores of one group overlap the compute of the next. A *step* is one tile: LOAD its
+weights (and, streamed, its activations), then a MATMUL that loads them into the idle weight
+bank first.
 
 * ``resident`` mode keeps a chunk's activations for all K-groups in the scratchpad (two chunk
   buffers when the band has several chunks, so the next chunk loads while this one computes);
   each K-group is loaded with the first step that needs it.
 * ``streamed`` mode (when K is too large for that) loads each step's activations with it.
 
-Tokens: the load unit pushes one token per step (load -> execute); the execute unit gives one
-back when the step's MATMUL has read its lines (``PIPELINE_DEPTH`` steps of buffers are in
+Tokens: steps go in *windows* of ``WINDOW_STEPS`` (the first step alone); the load unit pushes
+one token per window (load -> execute); the execute unit gives one back when the window's
+last MATMUL has read its lines (``PIPELINE_DEPTH`` steps of buffers, two windows, are in
 flight); execute -> store when a block's last step is in the accumulator; store -> execute when
-the region has been read. Instructions are emitted in an order where every token a unit waits
+a group's region has been read. Instructions are emitted in an order where every token a unit waits
 for was emitted earlier, so no queue depth can deadlock a program.
 """
 
@@ -50,7 +52,11 @@ __all__ = ["GemmLayout", "GemmPlan", "WeightTiles", "plan_gemm", "compile_gemm",
            "pack_weights", "unpack_out", "pack_params", "layout_sizes", "roundup"]
 
 #: Steps in flight between the load and execute units (buffers per kind).
-PIPELINE_DEPTH = 4
+PIPELINE_DEPTH = 8
+#: Steps per token: the load unit fills (and the execute unit frees) this many buffers at once.
+WINDOW_STEPS = 4
+#: Most N-blocks accumulated side by side (one accumulator region of ``GROUP_BLOCKS * mt`` rows).
+GROUP_BLOCKS = 8
 #: Gather index of an array row that has no weights (padding of a packed tile): reads zero.
 NO_ROW = 0xFF
 
@@ -308,6 +314,25 @@ def _schedule_activation_loads(steps, chunks, nQ, depth, slice_rows):
         spread([sl for q in groups for sl in slices(c, q)], hosts)
 
 
+def _first_group_blocks(config, plan, layout, weights):
+    """How many N-blocks a chunk's first group takes, from the memory traffic of all cores.
+
+    While one block computes (``tiles x mt`` cycles) the cores fetch their chunks'
+    activations (``mt x nQ`` lines); grouping F blocks spreads that over F times as many
+    cycles: F is chosen to keep it to half the read port. But a group's stores only start
+    after its last step, so when stores keep the write port busy (int32 results from many
+    cores) bunching them costs more than it saves, and blocks go one at a time.
+    """
+    B = config.bus_bytes
+    cores = len(plan.bands)
+    block_cycles = max(1, weights.tiles // max(1, plan.nN)) * plan.mt
+    reads = cores * plan.mt * plan.nQ * cdiv(layout.a_pitch, B) / block_cycles
+    writes = cores * plan.mt * (layout.o_pitch // B) / block_cycles
+    if writes >= 0.5:
+        return 1
+    return max(1, min(GROUP_BLOCKS, int(np.ceil(2 * reads))))
+
+
 def _compile_band(config, plan, layout, weights, band):
     R, C = config.rows, config.cols
     GR = config.gather_bytes
@@ -316,7 +341,6 @@ def _compile_band(config, plan, layout, weights, band):
     nQ, mt = plan.nQ, plan.mt
     slots = config.param_slots
     tile_bytes = (R + 1) * layout.w_pitch
-    prog = Program()
 
     chunks = [(c0, min(c0 + mt, m1)) for c0 in range(m0, m1, mt)]
     nbs = list(range(nb0, nb1))
@@ -339,92 +363,175 @@ def _compile_band(config, plan, layout, weights, band):
                     stride=layout.a_pitch,
                     addr=layout.a_addr + (q * plan.M + c0) * layout.a_pitch)
 
-    for pass_index, pass_nbs in enumerate(passes):
-        if pass_index:
-            prog.barrier()
+    def emit_segment(prog, pass_index, pass_nbs):
+        """Emit the steps of ``pass_nbs`` into ``prog``. Without a barrier between passes,
+        a parameter slot is reloaded once the store of its previous N-block has finished;
+        returns False when the schedule leaves no room for that (the caller then falls back
+        to one pass per barrier)."""
 
-        # One step per weight tile; a block is one (chunk, N-block) pair.
+        # One step per weight tile. A block is one (chunk, N-block) pair; a group is up to
+        # `F` blocks of a chunk that accumulate side by side in one accumulator region, their
+        # steps ordered K-group first, so a K-group of activations serves F blocks' tiles
+        # before the next one is needed (a chunk's activations arrive over F times as many
+        # steps as with one block at a time: what lets several cores share the memory).
+        F = max(1, min(_first_group_blocks(config, plan, layout, weights),
+                       (config.acc_rows // 2) // mt, len(pass_nbs)))
         steps = []
         blocks = []
+        groups = []
+        # Only a chunk's first group needs F blocks (its activations are still arriving);
+        # later blocks go one at a time, so stores are not bunched.
+        sizes = [F] + [1] * (len(pass_nbs) - F)
         for ci in range(len(chunks)):
-            for nb in pass_nbs:
-                tiles = weights.per_block[nb]
-                for p, (q, index) in enumerate(tiles):
-                    steps.append(dict(ci=ci, nb=nb, q=q, index=index, first=p == 0,
-                                      last=p == len(tiles) - 1, block=len(blocks),
-                                      a_loads=[]))
-                blocks.append((ci, nb))
+            for g0, size in zip(np.cumsum([0] + sizes[:-1]).tolist(), sizes):
+                members = pass_nbs[g0:g0 + size]
+                j = len(groups)
+                groups.append(dict(ci=ci, stores=len(members)))
+                first_step = len(steps)
+                order = sorted((q, f, p, index)
+                               for f, nb in enumerate(members)
+                               for p, (q, index) in enumerate(weights.per_block[nb]))
+                count = [len(weights.per_block[nb]) for nb in members]
+                for q, f, p, index in order:
+                    steps.append(dict(ci=ci, nb=members[f], q=q, index=index, first=p == 0,
+                                      last=p == count[f] - 1, block=len(blocks) + f,
+                                      group=j, slot_offset=f * mt,
+                                      opens_group=len(steps) == first_step, a_loads=[]))
+                blocks.extend((ci, nb, j, f) for f, nb in enumerate(members))
         T = len(steps)
-        if plan.resident:
+        if plan.resident and (pass_index == 0 or len(chunks) > plan.a_buffers):
             # Slices of about one step's worth of beats: the load unit runs a step ahead.
+            # (Later passes find every chunk still resident when each has its own buffer.)
             beats = cdiv(min(GR, plan.K), config.bus_bytes)
             _schedule_activation_loads(steps, chunks, nQ, D, max(1, mt // beats))
 
-        def emit_loads(t):
-            st = steps[t]
-            c0, c1 = chunks[st["ci"]]
-            # Loads this step needs go before its token; prefetches for later steps after it,
-            # so they do not hold this step up.
+        # Steps go in windows of E: one token each way per window, and the weight tiles of
+        # a window's consecutive steps that lie next to each other in memory (a K-group's
+        # tiles of one N-block) come in one LOAD: fewer instructions to fetch.
+        E = WINDOW_STEPS
+        ahead = D // E
+        # The first step has a window of its own, so the array starts after one tile.
+        edges = sorted({0, min(1, T), *range(E, T, E), T})
+        windows = [list(range(a, b)) for a, b in zip(edges, edges[1:])]
+        window_of = {t: w for w, ts in enumerate(windows) for t in ts}
+        nW = len(windows)
+
+        def emit_loads(w):
+            ts = windows[w]
+            # Loads a step of this window needs go before its token; prefetches for later
+            # windows after it, so they do not hold this window up.
+            needs = {(steps[t]["ci"], steps[t]["q"]) for t in ts}
             before, after = [], []
-            if plan.resident:
-                for ci, q, r0, r1 in st["a_loads"]:
-                    g0 = chunks[ci][0]
-                    load = a_load(a_buf[ci % plan.a_buffers] + q * mt + (r0 - g0), q, r0,
-                                  r1 - r0)
-                    (before if (ci, q) == (st["ci"], st["q"]) else after).append(load)
-            else:
-                before.append(a_load(a_buf[t % D], st["q"], c0, c1 - c0))
-            token = len(before)
-            instrs = before + [dict(sp_addr=w_buf[t % D], rows=R + 1, row_bytes=max(C, R),
-                                    stride=layout.w_pitch,
-                                    addr=layout.w_addr + st["index"] * tile_bytes)] + after
-            for i, f in enumerate(instrs):
+            for t in ts:
+                st = steps[t]
+                c0, c1 = chunks[st["ci"]]
+                if plan.resident:
+                    for ci, q, r0, r1 in st["a_loads"]:
+                        g0 = chunks[ci][0]
+                        load = a_load(a_buf[ci % plan.a_buffers] + q * mt + (r0 - g0), q, r0,
+                                      r1 - r0)
+                        (before if (ci, q) in needs else after).append(load)
+                else:
+                    before.append(a_load(a_buf[t % D], st["q"], c0, c1 - c0))
+            tiles = []
+            for t in ts:
+                index = steps[t]["index"]
+                if tiles and tiles[-1][1] + tiles[-1][2] == index:
+                    tiles[-1][2] += 1
+                else:
+                    tiles.append([t, index, 1])
+            before += [dict(sp_addr=w_buf[t % D], rows=n * (R + 1), row_bytes=max(C, R),
+                            stride=layout.w_pitch, addr=layout.w_addr + index * tile_bytes)
+                       for t, index, n in tiles]
+            before = [dict(slot=nb % slots, addr=layout.param_addr + nb * layout.param_pitch)
+                      for nb in late.get(w, ())] + before
+            for i, f in enumerate(before + after):
                 deps = []
-                if i == 0 and t >= D:
+                if i == 0 and w >= ahead:
                     deps.append("pop_next")
-                if i == token:
+                if i == len(before) - 1:
                     deps.append("push_next")
-                prog.load(**f, deps=tuple(deps))
+                (prog.loadp if "slot" in f else prog.load)(**f, deps=tuple(deps))
 
         def emit_exec(t):
             st = steps[t]
             c0, c1 = chunks[st["ci"]]
-            j = st["block"]
-            prog.loadw(w_buf[t % D], deps=("pop_prev",))
+            j = st["group"]
+            w = window_of[t]
             if plan.resident:
                 sp = a_buf[st["ci"] % plan.a_buffers] + st["q"] * mt
             else:
                 sp = a_buf[t % D]
             deps = []
-            if t + D < T:
+            if t == windows[w][-1] and w + ahead < nW:
                 deps.append("push_prev")
             if st["last"]:
                 deps.append("push_next")
-            if st["first"] and j >= 2:
+            if st["opens_group"] and j >= 2:
                 deps.append("pop_next")
-            prog.matmul(sp, (j % 2) * mt, c1 - c0, accumulate=not st["first"],
-                        deps=tuple(deps))
+            if t == windows[w][0]:
+                deps.append("pop_prev")
+            prog.matmul(sp, (j % 2) * F * mt + st["slot_offset"], c1 - c0,
+                        accumulate=not st["first"], load_weights=True,
+                        w_sp_addr=w_buf[t % D], deps=tuple(deps))
 
-        def emit_store(j):
-            ci, nb = blocks[j]
+        stored = [0] * len(groups)
+
+        def emit_store(b):
+            ci, nb, j, f = blocks[b]
             c0, c1 = chunks[ci]
+            stored[j] += 1
             deps = ["pop_prev"]
-            if j + 2 < len(blocks):
+            # The group's last store frees its region for group j + 2.
+            if stored[j] == groups[j]["stores"] and j + 2 < len(groups):
                 deps.append("push_prev")
-            prog.store((j % 2) * mt, c1 - c0, min(C, plan.N - nb * C), layout.o_pitch,
-                       layout.out_addr + (nb * plan.M + c0) * layout.o_pitch,
+            prog.store((j % 2) * F * mt + f * mt, c1 - c0, min(C, plan.N - nb * C),
+                       layout.o_pitch, layout.out_addr + (nb * plan.M + c0) * layout.o_pitch,
                        raw=plan.raw, slot=0 if plan.raw else nb % slots, deps=tuple(deps))
 
+        # Parameter records: the first `slots` before every step's token (a STORE may
+        # follow the first step); a later one (one stream over more N-blocks than slots) in
+        # the loads of the first window whose token proves that the store of the slot's
+        # previous N-block has finished: that store frees its group's region, the execute
+        # unit takes that token at the first step of the group after next, and the load
+        # unit gets it back `ahead` windows later. It must still come before the token of
+        # the window holding the last step of its own N-block.
+        late = {}
         if not plan.raw:
-            # Before every step's token: a STORE may follow the first step.
-            for nb in pass_nbs:
+            for nb in pass_nbs[:slots]:
                 prog.loadp(nb % slots, layout.param_addr + nb * layout.param_pitch)
-        for t in range(min(D - 1, T)):
-            emit_loads(t)
-        for t in range(T):
-            if t + D - 1 < T:
-                emit_loads(t + D - 1)
-            emit_exec(t)
-            if steps[t]["last"]:
-                emit_store(steps[t]["block"])
+            opens = {st["group"]: t for t, st in enumerate(steps) if st["opens_group"]}
+            group_of = {nb: j for (_, nb, j, _) in blocks}
+            last_step = {st["nb"]: t for t, st in enumerate(steps) if st["last"]}
+            for i in range(slots, len(pass_nbs)):
+                freed = opens.get(group_of[pass_nbs[i - slots]] + 2)
+                if freed is None:
+                    return False
+                x = window_of[freed] + ahead
+                if x > window_of[last_step[pass_nbs[i]]]:
+                    return False
+                late.setdefault(x, []).append(pass_nbs[i])
+        for w in range(min(ahead, nW)):
+            emit_loads(w)
+        for w in range(nW):
+            for t in windows[w]:
+                emit_exec(t)
+                if steps[t]["last"]:
+                    emit_store(steps[t]["block"])
+            if w + ahead < nW:
+                emit_loads(w + ahead)
+        return True
+
+    # Requantised output with more N-blocks than parameter slots: when the activations stay
+    # resident, one stream reloads each slot as soon as its last store is done; else passes
+    # separated by barriers.
+    if len(passes) > 1 and plan.resident and len(chunks) == 1:
+        prog = Program()
+        if emit_segment(prog, 0, nbs):
+            return prog, 1
+    prog = Program()
+    for pass_index, pass_nbs in enumerate(passes):
+        if pass_index:
+            prog.barrier()
+        emit_segment(prog, pass_index, pass_nbs)
     return prog, len(passes)

@@ -401,11 +401,12 @@ class _Checker:
                     row_extent.eq(-(-param_slot_bytes(cfg.cols) // B) * B),
                 ]
             with m.Case(Opcode.LOADW):
-                m.d.comb += [fields_ok.eq(lw.sp_addr + cfg.rows <= sp_lines), aligned.eq(1)]
+                m.d.comb += [fields_ok.eq(lw.sp_addr + cfg.rows < sp_lines), aligned.eq(1)]
             with m.Case(Opcode.MATMUL):
                 m.d.comb += [
                     fields_ok.eq((mm.rows != 0) & (mm.sp_addr + mm.rows <= sp_lines)
-                                 & (mm.acc_addr + mm.rows <= acc_rows)),
+                                 & (mm.acc_addr + mm.rows <= acc_rows)
+                                 & (~mm.load_weights | (mm.w_sp_addr + cfg.rows < sp_lines))),
                     aligned.eq(1),
                 ]
             with m.Case(Opcode.STORE):

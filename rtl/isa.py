@@ -91,11 +91,14 @@ class MatmulBody(data.Struct):
 
     With ``accumulate``, a row whose gathered sub-blocks are all zero is skipped (not issued
     to the array; adding zero changes nothing), except the last row of a MATMUL that pushes a
-    token."""
+    token. With ``load_weights`` the MATMUL first does ``LOADW w_sp_addr`` (one instruction
+    instead of two: a tiled GEMM fetches a third less)."""
     sp_addr: 16
     acc_addr: 16
     rows: 16
     accumulate: 1
+    load_weights: 1
+    w_sp_addr: 16
 
 
 class StoreBody(data.Struct):
@@ -157,7 +160,8 @@ FIELD_LIMITS = {
             "addr and stride multiples of the bus bytes",
     "LOADP": "slot < param slots; addr a multiple of the bus bytes",
     "LOADW": "sp_addr + array rows + 1 <= scratchpad lines",
-    "MATMUL": "1 <= rows; sp_addr + rows <= scratchpad lines; acc_addr + rows <= acc rows",
+    "MATMUL": "1 <= rows; sp_addr + rows <= scratchpad lines; acc_addr + rows <= acc rows; "
+              "with load_weights, w_sp_addr + array rows + 1 <= scratchpad lines",
     "STORE": "1 <= rows; acc_addr + rows <= acc rows; 1 <= cols <= array cols; "
              "slot < param slots; addr and stride multiples of the bus bytes",
 }

@@ -699,9 +699,18 @@ class ExecuteUnit(wiring.Component):
                             ]
                             m.next = "LOADW_WAIT"
                     with m.Case(Opcode.MATMUL):
-                        # The weights must be in, and the previous MATMUL's reads issued (or
-                        # issuing their last this cycle: streams follow back to back).
-                        with m.If(~w_busy & ((a_left == 0) | (active & (a_left == step)))):
+                        # With load_weights, first the LOADW part (as soon as the weight
+                        # engine is free); then, the weights in and the previous MATMUL's
+                        # reads issued (or issuing their last this cycle: streams follow back
+                        # to back), the stream starts.
+                        with m.If(ins.body.matmul.load_weights):
+                            with m.If(~w_busy):
+                                m.d.sync += [
+                                    w_left.eq(R + 1), w_addr.eq(ins.body.matmul.w_sp_addr),
+                                    w_row.eq(0), w_bank.eq(~cur_bank), cur_bank.eq(~cur_bank),
+                                    ins.body.matmul.load_weights.eq(0),
+                                ]
+                        with m.Elif(~w_busy & ((a_left == 0) | (active & (a_left == step)))):
                             mm = ins.body.matmul
                             m.d.sync += [
                                 a_left.eq(mm.rows), a_addr.eq(mm.sp_addr),

@@ -66,7 +66,7 @@ Instructions
     LOADW: weight row ``i`` <- the first ``cols`` bytes of line ``sp_addr + i``, as int8, for
     ``i < R`` (the array's rows), and gather index ``i`` <- byte ``i`` of line ``sp_addr + R``.
 
-    MATMUL: for r < rows, the vector ``x[i] = line(sp_addr + r)[gather[i]]`` as int8 (0 when
+    MATMUL: with ``load_weights``, first LOADW ``w_sp_addr``. Then for r < rows, the vector ``x[i] = line(sp_addr + r)[gather[i]]`` as int8 (0 when
     ``gather[i] >= sparse_group * R``), and ``acc[acc_addr + r] = (acc[acc_addr + r] if
     accumulate else 0) + x @ W``, wrapping to int32. With ``accumulate``, row r is *skipped*
     (not issued) when every sub-block ``g`` (bytes ``[g*R, (g+1)*R)`` of the line) that some
@@ -258,7 +258,8 @@ class _Core:
             ok = f["sp_addr"] + cfg.rows + 1 <= cfg.sp_lines
         elif op is Opcode.MATMUL:
             ok = (f["rows"] >= 1 and f["sp_addr"] + f["rows"] <= cfg.sp_lines
-                  and f["acc_addr"] + f["rows"] <= cfg.acc_rows)
+                  and f["acc_addr"] + f["rows"] <= cfg.acc_rows
+                  and (not f["load_weights"] or f["w_sp_addr"] + cfg.rows + 1 <= cfg.sp_lines))
         elif op is Opcode.STORE:
             ok = (f["rows"] >= 1 and f["acc_addr"] + f["rows"] <= cfg.acc_rows
                   and 1 <= f["cols"] <= cfg.cols and f["slot"] < cfg.param_slots)
@@ -385,8 +386,8 @@ class _Core:
             self.cfg.cols, self.memory[f["addr"]:f["addr"] + n].tobytes())
         self.counters["dma_read_bytes"] += self._beat_bytes(n)
 
-    def _exec_loadw(self, instr):
-        sp_addr = instr.fields["sp_addr"]
+    def _exec_loadw(self, instr, sp_addr=None):
+        sp_addr = instr.fields["sp_addr"] if sp_addr is None else sp_addr
         R = self.cfg.rows
         self.weights = self.sp[sp_addr:sp_addr + R, :self.cfg.cols].view(np.int8).copy()
         self.gather = self.sp[sp_addr + R, :R].astype(np.int64)
@@ -394,6 +395,8 @@ class _Core:
     def _exec_matmul(self, instr):
         f = instr.fields
         cfg = self.cfg
+        if f["load_weights"]:
+            self._exec_loadw(instr, f["w_sp_addr"])
         R, C = cfg.rows, cfg.cols
         rows, sp_addr, acc_addr = f["rows"], f["sp_addr"], f["acc_addr"]
         lines = self.sp[sp_addr:sp_addr + rows].view(np.int8).astype(np.int64)

@@ -34,7 +34,7 @@ def test_gemm_with_a_bad_file_is_a_clear_error(tmp_path, capsys):
 def test_disasm_of_a_compiled_gemm_and_of_a_file(tmp_path, capsys):
     assert main(["disasm", "--gemm", "16,8,8", "--cores", "2"]) == 0
     text = capsys.readouterr().out
-    assert text.count("END") == 2 and "LOADW" in text
+    assert text.count("END") == 2 and "load_weights=1" in text
     from npu.firmware.asm import Program
     p = Program()
     p.matmul(0, 0, 4, accumulate=True)
