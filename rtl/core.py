@@ -8,7 +8,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import exact_log2
+from amaranth.utils import ceil_log2, exact_log2
 
 from .bus import BURST_INCR, AXI4Signature
 from .config import NPUConfig
@@ -29,8 +29,6 @@ __all__ = ["NPUCore", "AXI_ID_FETCH", "AXI_ID_LOAD"]
 AXI_ID_FETCH = 0
 AXI_ID_LOAD = 1
 
-#: Depth of each unit's instruction queue.
-UNIT_QUEUE_DEPTH = 4
 #: Token semaphores count to 255; a program must not have more tokens outstanding.
 SEMAPHORE_BITS = 8
 
@@ -102,7 +100,7 @@ class NPUCore(wiring.Component):
             return ResetInserter(restart)(unit)
 
         fetch, load, execute, store = self.fetch, self.load, self.execute, self.store
-        queues = {name: SyncFIFOBuffered(width=INSTR_BITS, depth=UNIT_QUEUE_DEPTH)
+        queues = {name: SyncFIFOBuffered(width=INSTR_BITS, depth=cfg.unit_queue_depth)
                   for name in ("load", "execute", "store")}
         m.submodules.fetch = fresh(fetch)
         m.submodules.load = fresh(load)
@@ -382,6 +380,13 @@ class _Checker:
         def beats_bytes(nbytes):
             return ((nbytes + (B - 1)) >> low) << low
 
+        # Offset of the last row, one product for LOAD and STORE. Only used once the fields
+        # passed, when rows - 1 < max(scratchpad lines, accumulator rows): no wider factor.
+        is_store = ins.op == Opcode.STORE
+        rows_m1 = Signal(ceil_log2(max(sp_lines, acc_rows)))
+        m.d.comb += rows_m1.eq(Mux(is_store, st.rows, ld.rows) - 1)
+        span = rows_m1 * Mux(is_store, st.stride, ld.stride)
+
         with m.Switch(ins.op):
             with m.Case(Opcode.LOAD):
                 m.d.comb += [
@@ -390,7 +395,7 @@ class _Checker:
                                  & ~d.pop_prev & ~d.push_prev),
                     aligned.eq((ld.addr[:low] == 0) & (ld.stride[:low] == 0)),
                     dma.eq(1), first.eq(ld.addr),
-                    last_row.eq(ld.addr + (ld.rows - 1) * ld.stride),
+                    last_row.eq(ld.addr + span),
                     row_extent.eq(beats_bytes(ld.row_bytes)),
                 ]
             with m.Case(Opcode.LOADP):
@@ -415,7 +420,7 @@ class _Checker:
                                  & (st.slot < cfg.param_slots) & ~d.pop_next & ~d.push_next),
                     aligned.eq((st.addr[:low] == 0) & (st.stride[:low] == 0)),
                     dma.eq(1), first.eq(st.addr),
-                    last_row.eq(st.addr + (st.rows - 1) * st.stride),
+                    last_row.eq(st.addr + span),
                     row_extent.eq(beats_bytes(Mux(st.raw, st.cols << 2, st.cols))),
                 ]
             with m.Case(Opcode.BARRIER, Opcode.END):
