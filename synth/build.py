@@ -79,16 +79,23 @@ def pe_mult_choice(board, config, pe_mult="auto"):
         raise ValueError(f"pe_mult must be 'auto', 'dsp' or 'lut', not {pe_mult!r}")
     if pe_mult != "auto":
         return pe_mult
-    requant = REQUANT_MULTS_PER_LANE * config.cols * config.cores
+    lanes = config.cols if config.requant_lanes is None else config.requant_lanes
+    requant = REQUANT_MULTS_PER_LANE * lanes * config.cores
     return "dsp" if requant + config.macs_per_cycle <= BOARDS[board].dsp_count else "lut"
 
 
 def _overrides(board, config, pe_mult, seed):
     family = BOARDS[board].family
-    script = []
+    booth = []
     if pe_mult == "lut":
         # Booth-encode the PE products into LUTs before synthesis maps the rest to DSPs.
-        script += ["hierarchy -top top", "proc", "booth top.system.npu.core*.execute.array.pe_*"]
+        booth += ["top.system.npu.core*.execute.array.pe_*"]
+    if family == "ice40":
+        # The few DSPs are for the requantisers and PEs (see pe_mult_choice); the small
+        # products of the dispatch checks and burst lengths go to LUTs.
+        booth += ["top.system.npu.core[0-9]", "top.system.npu.core[0-9].load.bursts",
+                  "top.system.npu.core[0-9].store.bursts"]
+    script = ["hierarchy -top top", "proc", f"booth {' '.join(booth)}"] if booth else []
     synth = []
     if family == "ice40":
         synth += ["-dsp"]
