@@ -22,7 +22,7 @@ from .isa import (
     Opcode,
     param_slot_bytes,
 )
-from .units import ExecuteUnit, FetchUnit, LoadUnit, ParamLayout, StoreUnit
+from .units import ExecuteUnit, FetchUnit, LoadUnit, ParamWords, StoreUnit
 
 __all__ = ["NPUCore", "AXI_ID_FETCH", "AXI_ID_LOAD"]
 
@@ -63,8 +63,7 @@ class NPUCore(wiring.Component):
                                  init=[])
         self.accumulator = Memory(shape=data.ArrayLayout(32, config.cols),
                                   depth=config.acc_rows, init=[])
-        self.params = Memory(shape=ParamLayout(config.cols), depth=config.param_slots,
-                             init=[])
+        self.params = Memory(shape=ParamWords(config), depth=config.param_slots, init=[])
         self.zflags = Memory(shape=config.sparse_group, depth=config.sp_lines, init=[])
         # The units, for tests and monitors to peek at.
         self.fetch = FetchUnit(config)
@@ -130,8 +129,12 @@ class NPUCore(wiring.Component):
         wiring.connect(m, execute.acc_wr, acc_wr)
         wiring.connect(m, execute.acc_rd, self.accumulator.read_port(transparent_for=(acc_wr,)))
         wiring.connect(m, store.acc_rd, self.accumulator.read_port())
-        wiring.connect(m, load.params, self.params.write_port())
-        wiring.connect(m, store.params_rd, self.params.read_port())
+        wiring.connect(m, load.params, self.params.write_port(granularity=1))
+        # One slot is a register: read it without a second copy (a STORE only reads a slot
+        # that tokens have ordered after its LOADP, so the read latency is not seen).
+        params_rd = self.params.read_port(domain="comb" if cfg.param_slots == 1 else "sync")
+        m.d.comb += [params_rd.addr.eq(store.params_rd.addr),
+                     store.params_rd.data.eq(params_rd.data)]
         # Zero flags: written with each loaded line, read ahead asynchronously (small: one bit
         # per sub-block per line, distributed RAM on an FPGA).
         m.submodules.zflags = self.zflags

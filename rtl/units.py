@@ -19,7 +19,7 @@ from .requant import Requantiser, SerialRequantiser
 from .systolic import SystolicArray
 
 __all__ = ["FetchFault", "FetchUnit", "LoadUnit", "ExecuteUnit", "StoreUnit",
-           "ParamLayout", "AccTag", "TokenSignature", "ReadManagerSignature",
+           "ParamLayout", "ParamWords", "AccTag", "TokenSignature", "ReadManagerSignature",
            "WriteManagerSignature"]
 
 
@@ -40,6 +40,13 @@ def ParamLayout(cols):
         "act_min": signed(8),
         "act_max": signed(8),
     })
+
+
+def ParamWords(config):
+    """One parameter slot as stored: the bus words LOADP receives, written one per beat as it
+    arrives. Its first bits are a :func:`ParamLayout` of ``config.cols``."""
+    return data.ArrayLayout(config.bus_width, -(-param_slot_bytes(config.cols)
+                                                // config.bus_bytes))
 
 
 def AccTag(config):
@@ -325,7 +332,6 @@ class LoadUnit(wiring.Component):
         _check_config(config)
         self._config = config
         L = config.line_bytes
-        self.param_layout = ParamLayout(config.cols)
         super().__init__({
             "cmd": In(stream.Signature(Instruction)),
             "abort": In(1),
@@ -334,7 +340,7 @@ class LoadUnit(wiring.Component):
             "sp": In(WritePort.Signature(addr_width=ceil_log2(config.sp_lines),
                                          shape=data.ArrayLayout(8, L), granularity=1)),
             "params": In(WritePort.Signature(addr_width=ceil_log2(config.param_slots),
-                                             shape=self.param_layout)),
+                                             shape=ParamWords(config), granularity=1)),
             # Per line, one bit per sub-block of `rows` bytes: set when it is all zero.
             "zflags": In(WritePort.Signature(addr_width=ceil_log2(config.sp_lines),
                                              shape=config.sparse_group)),
@@ -411,13 +417,10 @@ class LoadUnit(wiring.Component):
         with m.If(sp_write):
             m.d.sync += seen.eq(row_nz)
 
-        pbuf = Signal(param_beats * B * 8)
-        pgot = Signal(param_beats * B * 8)
-        m.d.comb += [
-            pgot.eq(Cat(pbuf, self.bus.rdata)[-param_beats * B * 8:]),
-            self.params.addr.eq(d.slot),
-            self.params.data.eq(pgot[:len(self.params.data.as_value())]),
-        ]
+        # A parameter beat goes straight to its word of the slot.
+        m.d.comb += self.params.addr.eq(d.slot)
+        for k in range(param_beats):
+            m.d.comb += self.params.data[k].eq(self.bus.rdata)
 
         # Receive side.
         m.d.comb += self.stall_memory.eq(descs.r_rdy & ~self.bus.rvalid)
@@ -425,9 +428,7 @@ class LoadUnit(wiring.Component):
             last_beat = r_beat == d.beats_per_row - 1
             m.d.sync += r_beat.eq(Mux(last_beat, 0, r_beat + 1))
             with m.If(d.is_param):
-                m.d.sync += pbuf.eq(pgot)
-                with m.If(last_beat):
-                    m.d.comb += self.params.en.eq(1)
+                m.d.comb += self.params.en.eq(1 << r_beat)
             with m.Else():
                 m.d.comb += [sp_write.eq(1), self.zflags.en.eq(last_beat)]
             with m.If(last_beat):
@@ -754,7 +755,7 @@ class StoreUnit(wiring.Component):
             "acc_rd": In(ReadPort.Signature(addr_width=ceil_log2(config.acc_rows),
                                             shape=data.ArrayLayout(signed(32), config.cols))),
             "params_rd": In(ReadPort.Signature(addr_width=ceil_log2(config.param_slots),
-                                               shape=ParamLayout(config.cols))),
+                                               shape=ParamWords(config))),
             "bus": Out(WriteManagerSignature(config)),
             "idle": Out(1),
             "beat": Out(1),
@@ -813,7 +814,8 @@ class StoreUnit(wiring.Component):
         with m.If(issue):
             m.d.sync += rows_issued.eq(rows_issued + 1)
 
-        prm = self.params_rd.data
+        layout = ParamLayout(C)
+        prm = data.View(layout, self.params_rd.data.as_value()[:layout.size])
         m.d.comb += [
             rq.i.valid.eq(s1 & ~st.raw),
             rq.i.p.zero_point.eq(prm.zero_point),

@@ -86,7 +86,7 @@ BOARDS = {
         # UP5K lacks (5280 LUT4 + FF cells, 8 DSPs); dispatch takes 4 cycles per instruction
         # and a stored row a bus write of several cycles anyway.
         defaults={"bus_width": 32, "scratchpad_bytes": 256, "acc_rows": 64,
-                  "param_slots": 2, "fetch_depth": 2, "unit_queue_depth": 1,
+                  "param_slots": 1, "fetch_depth": 2, "unit_queue_depth": 1,
                   "requant_lanes": 1, "mem_bytes": 65536},
         dsp_cell="ICESTORM_DSP", dsp_count=8,
         lut_cell="ICESTORM_LC", ff_cell="ICESTORM_LC",
