@@ -84,6 +84,21 @@ def pe_mult_choice(board, config, pe_mult="auto"):
     return "dsp" if requant + config.macs_per_cycle <= BOARDS[board].dsp_count else "lut"
 
 
+#: The scratchpad's read ports and the store unit's accumulator read port never read a row in
+#: the cycle it is written (tokens order every LOAD before the LOADW / MATMUL that reads its
+#: lines, and every MATMUL before the STORE that reads its rows; see docs/architecture.md), so
+#: what such a read returns is left to the RAM: the iCE40's block RAM then needs no logic that
+#: emulates read-before-write. (The execute unit's transparent read-modify-write port keeps
+#: its bypass.)
+_NO_COLLISION = " ".join([
+    "setparam -set COLLISION_X_MASK 1",
+    "top.system.npu.core[0-9]/r:MEMID=\\scratchpad",
+    "top.system.npu.core[0-9]/r:MEMID=\\accumulator %u",
+    "top.system.npu.core[0-9]/r:TRANSPARENCY_MASK=1'0 %i",
+    "top.system.npu.core[0-9]/t:$memrd_v2 %i",
+])
+
+
 def _overrides(board, config, pe_mult, seed):
     family = BOARDS[board].family
     booth = []
@@ -95,7 +110,11 @@ def _overrides(board, config, pe_mult, seed):
         # products of the dispatch checks and burst lengths go to LUTs.
         booth += ["top.system.npu.core[0-9]", "top.system.npu.core[0-9].load.bursts",
                   "top.system.npu.core[0-9].store.bursts"]
-    script = ["hierarchy -top top", "proc", f"booth {' '.join(booth)}"] if booth else []
+    script = [f"booth {' '.join(booth)}"] if booth else []
+    if family == "ice40":
+        script.append(_NO_COLLISION)
+    if script:
+        script = ["hierarchy -top top", "proc", *script]
     synth = []
     if family == "ice40":
         synth += ["-dsp"]
