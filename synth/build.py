@@ -90,13 +90,13 @@ def pe_mult_choice(board, config, pe_mult="auto"):
 #: what such a read returns is left to the RAM: the iCE40's block RAM then needs no logic that
 #: emulates read-before-write. (The execute unit's transparent read-modify-write port keeps
 #: its bypass.)
-_NO_COLLISION = " ".join([
-    "setparam -set COLLISION_X_MASK 1",
-    "top.system.npu.core[0-9]/r:MEMID=\\scratchpad",
-    "top.system.npu.core[0-9]/r:MEMID=\\accumulator %u",
-    "top.system.npu.core[0-9]/r:TRANSPARENCY_MASK=1'0 %i",
-    "top.system.npu.core[0-9]/t:$memrd_v2 %i",
-])
+_NO_COLLISION = (
+    "setparam -set COLLISION_X_MASK 1"
+    " top.system.npu.core[0-9]/r:MEMID=\\scratchpad"
+    " top.system.npu.core[0-9]/r:MEMID=\\accumulator %u"
+    " top.system.npu.core[0-9]/r:TRANSPARENCY_MASK=1'0 %i"
+    " top.system.npu.core[0-9]/t:$memrd_v2 %i"
+)
 
 
 def _overrides(board, config, pe_mult, seed):

@@ -209,8 +209,7 @@ def test_serial_requantiser_matches_oracle_under_backpressure(lanes):
     for n, beat in enumerate(beats):
         beat["acc"][0], beat["bias"][0], beat["multiplier"][0], beat["shift"][0] = n, 0, 2**30, 1
     dut = SerialRequantiser(config)
-    _, got, accepted, delivered = _run("double", beats, valid_prob=0.7, ready_prob=0.6, seed=4,
-                                       dut=dut)
+    _, got, accepted, _ = _run("double", beats, valid_prob=0.7, ready_prob=0.6, seed=4, dut=dut)
     assert got == [_expected(beat, "double") for beat in beats]
     assert len(accepted) == len(set(accepted)) == len(beats)
 
