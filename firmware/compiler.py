@@ -41,6 +41,7 @@ for was emitted earlier, so no queue depth can deadlock a program.
 """
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 
@@ -412,7 +413,7 @@ def _compile_band(config, plan, layout, weights, band):
         ahead = D // E
         # The first step has a window of its own, so the array starts after one tile.
         edges = sorted({0, min(1, T), *range(E, T, E), T})
-        windows = [list(range(a, b)) for a, b in zip(edges, edges[1:])]
+        windows = [list(range(a, b)) for a, b in pairwise(edges)]
         window_of = {t: w for w, ts in enumerate(windows) for t in ts}
         nW = len(windows)
 

@@ -59,6 +59,19 @@ class NPUConfig:
         its activation from any of the ``sparse_group * rows`` bytes of a line, so a weight
         tile packed from the non-zero K-rows of up to ``sparse_group`` K-blocks runs in one
         pass: the zero-skipping speedup is at most ``sparse_group``.
+    fetch_depth : int
+        Instructions the fetch unit keeps in flight and queued ahead of dispatch, 1..64.
+    unit_queue_depth : int
+        Instructions queued between dispatch and each of the load, execute and store units,
+        1..64. A queue of depth 1 takes an instruction every other cycle at most, which
+        dispatch (4 cycles per instruction) never exceeds.
+    requant_lanes : int or None
+        Output channels the requantiser computes per cycle; it must divide ``cols``. None
+        (the default) means ``cols``: a whole accumulator row per cycle. Fewer lanes take
+        ``cols / requant_lanes`` cycles per row and need proportionally fewer multipliers
+        (four 17x17 partial products per lane).
+
+    The last three change only the timing (cycle counts), never a result.
     """
 
     rows: int = 8
@@ -71,6 +84,9 @@ class NPUConfig:
     rounding: str = "double"
     param_slots: int = 16
     sparse_group: int = 4
+    fetch_depth: int = 8
+    unit_queue_depth: int = 4
+    requant_lanes: int | None = None
     # Widths of the datapath; fixed by the INT8 design, kept here so that no constant is
     # repeated elsewhere.
     in_width: int = field(default=8, init=False)
@@ -111,6 +127,14 @@ class NPUConfig:
         if self.addr_width < 16:
             raise ValueError(f"Address width must be at least 16, not {self.addr_width}")
         _check_positive_int("Parameter slots", self.param_slots, maximum=256)
+        _check_positive_int("Fetch depth", self.fetch_depth, maximum=64)
+        _check_positive_int("Unit queue depth", self.unit_queue_depth, maximum=64)
+        if self.requant_lanes is not None:
+            _check_positive_int("Requantiser lanes", self.requant_lanes)
+            if self.cols % self.requant_lanes:
+                raise ValueError(
+                    f"Requantiser lanes must divide the array columns ({self.cols}), "
+                    f"not {self.requant_lanes}")
         if self.rounding not in ROUNDING_MODES:
             raise ValueError(
                 f"Rounding mode must be 'double' or 'single', not {self.rounding!r}")
@@ -137,6 +161,11 @@ class NPUConfig:
     def sp_lines(self):
         """Lines in the scratchpad of one core."""
         return self.scratchpad_bytes // self.line_bytes
+
+    @property
+    def requant_groups(self):
+        """Cycles the requantiser takes per accumulator row: ``cols / requant_lanes``."""
+        return 1 if self.requant_lanes is None else self.cols // self.requant_lanes
 
     @property
     def bus_bytes(self):

@@ -8,7 +8,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import exact_log2
+from amaranth.utils import ceil_log2, exact_log2
 
 from .bus import BURST_INCR, AXI4Signature
 from .config import NPUConfig
@@ -22,15 +22,13 @@ from .isa import (
     Opcode,
     param_slot_bytes,
 )
-from .units import ExecuteUnit, FetchUnit, LoadUnit, ParamLayout, StoreUnit
+from .units import ExecuteUnit, FetchUnit, LoadUnit, ParamWords, StoreUnit
 
 __all__ = ["NPUCore", "AXI_ID_FETCH", "AXI_ID_LOAD"]
 
 AXI_ID_FETCH = 0
 AXI_ID_LOAD = 1
 
-#: Depth of each unit's instruction queue.
-UNIT_QUEUE_DEPTH = 4
 #: Token semaphores count to 255; a program must not have more tokens outstanding.
 SEMAPHORE_BITS = 8
 
@@ -65,8 +63,7 @@ class NPUCore(wiring.Component):
                                  init=[])
         self.accumulator = Memory(shape=data.ArrayLayout(32, config.cols),
                                   depth=config.acc_rows, init=[])
-        self.params = Memory(shape=ParamLayout(config.cols), depth=config.param_slots,
-                             init=[])
+        self.params = Memory(shape=ParamWords(config), depth=config.param_slots, init=[])
         self.zflags = Memory(shape=config.sparse_group, depth=config.sp_lines, init=[])
         # The units, for tests and monitors to peek at.
         self.fetch = FetchUnit(config)
@@ -102,7 +99,7 @@ class NPUCore(wiring.Component):
             return ResetInserter(restart)(unit)
 
         fetch, load, execute, store = self.fetch, self.load, self.execute, self.store
-        queues = {name: SyncFIFOBuffered(width=INSTR_BITS, depth=UNIT_QUEUE_DEPTH)
+        queues = {name: SyncFIFOBuffered(width=INSTR_BITS, depth=cfg.unit_queue_depth)
                   for name in ("load", "execute", "store")}
         m.submodules.fetch = fresh(fetch)
         m.submodules.load = fresh(load)
@@ -132,8 +129,12 @@ class NPUCore(wiring.Component):
         wiring.connect(m, execute.acc_wr, acc_wr)
         wiring.connect(m, execute.acc_rd, self.accumulator.read_port(transparent_for=(acc_wr,)))
         wiring.connect(m, store.acc_rd, self.accumulator.read_port())
-        wiring.connect(m, load.params, self.params.write_port())
-        wiring.connect(m, store.params_rd, self.params.read_port())
+        wiring.connect(m, load.params, self.params.write_port(granularity=1))
+        # One slot is a register: read it without a second copy (a STORE only reads a slot
+        # that tokens have ordered after its LOADP, so the read latency is not seen).
+        params_rd = self.params.read_port(domain="comb" if cfg.param_slots == 1 else "sync")
+        m.d.comb += [params_rd.addr.eq(store.params_rd.addr),
+                     store.params_rd.data.eq(params_rd.data)]
         # Zero flags: written with each loaded line, read ahead asynchronously (small: one bit
         # per sub-block per line, distributed RAM on an FPGA).
         m.submodules.zflags = self.zflags
@@ -382,6 +383,13 @@ class _Checker:
         def beats_bytes(nbytes):
             return ((nbytes + (B - 1)) >> low) << low
 
+        # Offset of the last row, one product for LOAD and STORE. Only used once the fields
+        # passed, when rows - 1 < max(scratchpad lines, accumulator rows): no wider factor.
+        is_store = ins.op == Opcode.STORE
+        rows_m1 = Signal(ceil_log2(max(sp_lines, acc_rows)))
+        m.d.comb += rows_m1.eq(Mux(is_store, st.rows, ld.rows) - 1)
+        span = rows_m1 * Mux(is_store, st.stride, ld.stride)
+
         with m.Switch(ins.op):
             with m.Case(Opcode.LOAD):
                 m.d.comb += [
@@ -390,7 +398,7 @@ class _Checker:
                                  & ~d.pop_prev & ~d.push_prev),
                     aligned.eq((ld.addr[:low] == 0) & (ld.stride[:low] == 0)),
                     dma.eq(1), first.eq(ld.addr),
-                    last_row.eq(ld.addr + (ld.rows - 1) * ld.stride),
+                    last_row.eq(ld.addr + span),
                     row_extent.eq(beats_bytes(ld.row_bytes)),
                 ]
             with m.Case(Opcode.LOADP):
@@ -416,7 +424,7 @@ class _Checker:
                                  & (st.slot < cfg.param_slots) & ~d.pop_next & ~d.push_next),
                     aligned.eq((st.addr[:low] == 0) & (st.stride[:low] == 0)),
                     dma.eq(1), first.eq(st.addr),
-                    last_row.eq(st.addr + (st.rows - 1) * st.stride),
+                    last_row.eq(st.addr + span),
                     row_extent.eq(beats_bytes(Mux(st.raw, st.cols << 2, st.cols))),
                 ]
             with m.Case(Opcode.BARRIER, Opcode.END):

@@ -20,13 +20,13 @@ Results are specified for ``shift`` in ``[-31, 30]`` (what the host produces and
 other two codes of the 6-bit field give unspecified (but deterministic) results.
 """
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import NPUConfig
 
-__all__ = ["Requantiser"]
+__all__ = ["Requantiser", "SerialRequantiser"]
 
 _INT32_MAX = 2**31 - 1
 
@@ -214,3 +214,83 @@ class Requantiser(wiring.Component):
         clamped = Mux(floored > hi, hi, floored)
         with m.If(advance):
             m.d.sync += self.o.payload[k].eq(clamped[:8])
+
+
+class SerialRequantiser(wiring.Component):
+    """A whole row of ``config.cols`` channels through a :class:`Requantiser` of
+    ``config.requant_lanes`` lanes, one group of lanes per cycle.
+
+    Same ports as ``Requantiser(config, lanes=config.cols)``. A row offered on ``i`` enters the
+    lane pipeline group by group (``i.ready`` rises with the last group, ``config.requant_groups``
+    cycles after the first if nothing stalls); the results of the earlier groups wait in a
+    register and the row is offered on ``o`` with its last group's, so the whole row leaves
+    ``Requantiser.LATENCY + requant_groups - 1`` cycles after its first group entered. It takes
+    a row every ``requant_groups`` cycles: for a small FPGA, where multipliers are scarce and a
+    stored row's bus beats take longer than that anyway.
+
+    Parameters
+    ----------
+    config : NPUConfig
+        ``cols``, ``requant_lanes`` and ``rounding``.
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, NPUConfig):
+            raise TypeError(f"SerialRequantiser config must be an NPUConfig, not {config!r}")
+        self._config = config
+        super().__init__({
+            "i": In(stream.Signature(Requantiser.input_layout(config.cols))),
+            "o": Out(stream.Signature(Requantiser.output_layout(config.cols))),
+        })
+
+    @property
+    def groups(self):
+        return self._config.requant_groups
+
+    @property
+    def latency(self):
+        """Cycles from a row's first group accepted to the row valid on ``o`` (no stalls)."""
+        return Requantiser.LATENCY + self.groups - 1
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        G = self.groups
+        K = cfg.cols // G
+        m.submodules.lanes = rq = Requantiser(cfg, lanes=K)
+
+        # Issue: group `gi` of the offered row; the row is taken with its last group.
+        gi = Signal(range(G))
+        last_in = gi == G - 1
+        m.d.comb += [
+            rq.i.valid.eq(self.i.valid),
+            self.i.ready.eq(rq.i.ready & last_in),
+            rq.i.p.zero_point.eq(self.i.p.zero_point),
+            rq.i.p.act_min.eq(self.i.p.act_min),
+            rq.i.p.act_max.eq(self.i.p.act_max),
+        ]
+        with m.Switch(gi):
+            for g in range(G):
+                with m.Case(g):
+                    for k in range(K):
+                        for name in ("acc", "bias", "multiplier", "shift"):
+                            m.d.comb += rq.i.p[name][k].eq(self.i.p[name][g * K + k])
+        with m.If(rq.i.valid & rq.i.ready):
+            m.d.sync += gi.eq(Mux(last_in, 0, gi + 1))
+
+        # Collect: the earlier groups into `held`, the last one straight through.
+        go = Signal(range(G))
+        last_out = go == G - 1
+        held = Signal(data.ArrayLayout(signed(8), cfg.cols - K))
+        m.d.comb += [
+            self.o.valid.eq(rq.o.valid & last_out),
+            rq.o.ready.eq(self.o.ready | ~last_out),
+            self.o.payload.eq(Cat(held, rq.o.payload)),
+        ]
+        with m.If(rq.o.valid & rq.o.ready):
+            m.d.sync += go.eq(Mux(last_out, 0, go + 1))
+            with m.Switch(go):
+                for g in range(G - 1):
+                    with m.Case(g):
+                        m.d.sync += [held[g * K + k].eq(rq.o.payload[k]) for k in range(K)]
+        return m

@@ -15,11 +15,11 @@ from amaranth.utils import ceil_log2, exact_log2
 
 from .config import NPUConfig
 from .isa import INSTR_BITS, INSTR_BYTES, Instruction, Opcode, param_slot_bytes
-from .requant import Requantiser
+from .requant import Requantiser, SerialRequantiser
 from .systolic import SystolicArray
 
 __all__ = ["FetchFault", "FetchUnit", "LoadUnit", "ExecuteUnit", "StoreUnit",
-           "ParamLayout", "AccTag", "TokenSignature", "ReadManagerSignature",
+           "ParamLayout", "ParamWords", "AccTag", "TokenSignature", "ReadManagerSignature",
            "WriteManagerSignature"]
 
 
@@ -40,6 +40,13 @@ def ParamLayout(cols):
         "act_min": signed(8),
         "act_max": signed(8),
     })
+
+
+def ParamWords(config):
+    """One parameter slot as stored: the bus words LOADP receives, written one per beat as it
+    arrives. Its first bits are a :func:`ParamLayout` of ``config.cols``."""
+    return data.ArrayLayout(config.bus_width, -(-param_slot_bytes(config.cols)
+                                                // config.bus_bytes))
 
 
 def AccTag(config):
@@ -109,25 +116,31 @@ class _BurstGenerator(wiring.Component):
 
     ``start`` loads the transfer; ``valid`` / ``ready`` / ``addr`` / ``len`` (AXI encoding,
     beats - 1) form the address channel; ``busy`` stays high until the last burst is taken.
+    ``max_rows`` and ``max_beats`` bound ``rows`` and ``beats_per_row`` (the dispatch checks
+    guarantee them), so the counters are no wider than the configuration needs; addresses
+    are ``config.addr_width`` bits, the width of the bus.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, max_rows, max_beats):
         self._config = config
+        self._max_total = max_rows * max_beats
         super().__init__({
-            "start": In(1), "addr0": In(32), "stride": In(24), "rows": In(16),
-            "beats_per_row": In(16),
-            "valid": Out(1), "ready": In(1), "addr": Out(32), "len": Out(8),
+            "start": In(1), "addr0": In(config.addr_width), "stride": In(24),
+            "rows": In(range(max_rows + 1)), "beats_per_row": In(range(max_beats + 1)),
+            "valid": Out(1), "ready": In(1), "addr": Out(config.addr_width), "len": Out(8),
             "busy": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
-        rows_left = Signal(16)
-        beats_left = Signal(24)
-        row_addr = Signal(32)
-        addr = Signal(32)
-        beats_per_row = Signal(24)
-        stride = Signal(24)
+        aw = self._config.addr_width
+        rows_left = Signal.like(self.rows)
+        beats_left = Signal(range(self._max_total + 1))
+        row_addr = Signal(aw)
+        addr = Signal(aw)
+        beats_per_row = Signal(range(self._max_total + 1))
+        # Only the low `aw` bits of a row address reach the bus.
+        stride = Signal(min(24, aw))
         beats = _burst_len(m, self._config, addr, beats_left)
         # Rows that follow each other without a gap are one transfer: long bursts keep the
         # memory busy with fewer requests in flight.
@@ -173,10 +186,9 @@ class FetchUnit(wiring.Component):
 
     It never reads outside the DMA window: at the first instruction that does not lie inside
     it, it queues an entry marked ``fault.window`` and stops. ``stop`` ends prefetching (the
-    core is halting); ``inflight`` stays high until every read issued has returned.
+    core is halting); ``inflight`` stays high until every read issued has returned. At most
+    ``config.fetch_depth`` instructions are queued or being read.
     """
-
-    DEPTH = 8
 
     def __init__(self, config):
         _check_config(config)
@@ -194,8 +206,9 @@ class FetchUnit(wiring.Component):
         m = Module()
         cfg = self._config
         beats = max(1, INSTR_BYTES // cfg.bus_bytes)
+        depth = cfg.fetch_depth
         m.submodules.queue = queue = SyncFIFOBuffered(
-            width=len(self.o.payload.as_value()), depth=self.DEPTH)
+            width=len(self.o.payload.as_value()), depth=depth)
         m.d.comb += [
             self.o.payload.eq(queue.r_data),
             self.o.valid.eq(queue.r_rdy),
@@ -204,7 +217,7 @@ class FetchUnit(wiring.Component):
 
         addr = Signal(32)
         active = Signal()
-        outstanding = Signal(range(self.DEPTH + 1))
+        outstanding = Signal(range(depth + 1))
         m.d.comb += self.inflight.eq(outstanding != 0)
 
         inside = Signal()
@@ -212,7 +225,7 @@ class FetchUnit(wiring.Component):
                               & (addr + INSTR_BYTES <= self.win_limit)
                               & (addr <= 0xFFFF_FFFF - INSTR_BYTES))
         room = Signal()
-        m.d.comb += room.eq(queue.level + outstanding < self.DEPTH)
+        m.d.comb += room.eq(queue.level + outstanding < depth)
 
         issue = Signal()
         # An offered address stays offered until taken (AXI), even if the core stops
@@ -319,7 +332,6 @@ class LoadUnit(wiring.Component):
         _check_config(config)
         self._config = config
         L = config.line_bytes
-        self.param_layout = ParamLayout(config.cols)
         super().__init__({
             "cmd": In(stream.Signature(Instruction)),
             "abort": In(1),
@@ -328,7 +340,7 @@ class LoadUnit(wiring.Component):
             "sp": In(WritePort.Signature(addr_width=ceil_log2(config.sp_lines),
                                          shape=data.ArrayLayout(8, L), granularity=1)),
             "params": In(WritePort.Signature(addr_width=ceil_log2(config.param_slots),
-                                             shape=self.param_layout)),
+                                             shape=ParamWords(config), granularity=1)),
             # Per line, one bit per sub-block of `rows` bytes: set when it is all zero.
             "zflags": In(WritePort.Signature(addr_width=ceil_log2(config.sp_lines),
                                              shape=config.sparse_group)),
@@ -344,23 +356,28 @@ class LoadUnit(wiring.Component):
         cfg = self._config
         B = cfg.bus_bytes
         L = cfg.line_bytes
-        m.submodules.bursts = bursts = _BurstGenerator(cfg)
+        param_beats = -(-param_slot_bytes(cfg.cols) // B)
+        m.submodules.bursts = bursts = _BurstGenerator(
+            cfg, max_rows=cfg.sp_lines, max_beats=max(-(-L // B), param_beats))
 
         # Issue side: one instruction at a time takes its tokens and issues its address
         # bursts; then the next may start while the data of the first is still arriving.
         # Receive side: a queue of descriptors says where the arriving beats go; the tokens an
         # instruction pushes are given when its last beat has been written.
         ins = Signal(Instruction)
+        # Fields as wide as the dispatch checks allow them to be.
+        max_beats = len(bursts.beats_per_row)
         desc_layout = data.StructLayout({
-            "is_param": 1, "rows": 16, "beats_per_row": 16, "row_bytes": 8,
-            "sp_addr": 16, "slot": 8, "push_prev": 1, "push_next": 1,
+            "is_param": 1, "rows": unsigned(ceil_log2(cfg.sp_lines + 1)),
+            "beats_per_row": unsigned(max_beats), "row_bytes": unsigned(ceil_log2(L + 1)),
+            "sp_addr": unsigned(ceil_log2(cfg.sp_lines)),
+            "slot": unsigned(ceil_log2(cfg.param_slots)), "push_prev": 1, "push_next": 1,
         })
         m.submodules.descs = descs = SyncFIFOBuffered(width=desc_layout.size,
                                                       depth=self.DESCRIPTORS)
         d = data.View(desc_layout, descs.r_data)
-        r_row = Signal(16)
-        r_beat = Signal(16)
-        param_beats = -(-param_slot_bytes(cfg.cols) // B)
+        r_row = Signal(range(cfg.sp_lines))
+        r_beat = Signal(max_beats)
 
         m.d.comb += [
             self.bus.araddr.eq(bursts.addr),
@@ -400,13 +417,10 @@ class LoadUnit(wiring.Component):
         with m.If(sp_write):
             m.d.sync += seen.eq(row_nz)
 
-        pbuf = Signal(param_beats * B * 8)
-        pgot = Signal(param_beats * B * 8)
-        m.d.comb += [
-            pgot.eq(Cat(pbuf, self.bus.rdata)[-param_beats * B * 8:]),
-            self.params.addr.eq(d.slot),
-            self.params.data.eq(pgot[:len(self.params.data.as_value())]),
-        ]
+        # A parameter beat goes straight to its word of the slot.
+        m.d.comb += self.params.addr.eq(d.slot)
+        for k in range(param_beats):
+            m.d.comb += self.params.data[k].eq(self.bus.rdata)
 
         # Receive side.
         m.d.comb += self.stall_memory.eq(descs.r_rdy & ~self.bus.rvalid)
@@ -414,9 +428,7 @@ class LoadUnit(wiring.Component):
             last_beat = r_beat == d.beats_per_row - 1
             m.d.sync += r_beat.eq(Mux(last_beat, 0, r_beat + 1))
             with m.If(d.is_param):
-                m.d.sync += pbuf.eq(pgot)
-                with m.If(last_beat):
-                    m.d.comb += self.params.en.eq(1)
+                m.d.comb += self.params.en.eq(1 << r_beat)
             with m.Else():
                 m.d.comb += [sp_write.eq(1), self.zflags.en.eq(last_beat)]
             with m.If(last_beat):
@@ -752,7 +764,7 @@ class StoreUnit(wiring.Component):
             "acc_rd": In(ReadPort.Signature(addr_width=ceil_log2(config.acc_rows),
                                             shape=data.ArrayLayout(signed(32), config.cols))),
             "params_rd": In(ReadPort.Signature(addr_width=ceil_log2(config.param_slots),
-                                               shape=ParamLayout(config.cols))),
+                                               shape=ParamWords(config))),
             "bus": Out(WriteManagerSignature(config)),
             "idle": Out(1),
             "beat": Out(1),
@@ -768,10 +780,14 @@ class StoreUnit(wiring.Component):
         row_beats_max = -(-4 * C // B)
         row_bits = row_beats_max * B * 8
 
-        m.submodules.requant = rq = Requantiser(cfg, lanes=C)
+        if cfg.requant_groups == 1:
+            m.submodules.requant = rq = Requantiser(cfg, lanes=C)
+        else:
+            m.submodules.requant = rq = SerialRequantiser(cfg)
         m.submodules.rows = rowq = SyncFIFOBuffered(width=row_bits, depth=self.ROW_QUEUE)
         m.submodules.lens = lenq = SyncFIFOBuffered(width=8, depth=8)
-        m.submodules.bursts = bursts = _BurstGenerator(cfg)
+        m.submodules.bursts = bursts = _BurstGenerator(cfg, max_rows=cfg.acc_rows,
+                                                        max_beats=row_beats_max)
 
         ins = Signal(Instruction)
         st = ins.body.store
@@ -807,7 +823,8 @@ class StoreUnit(wiring.Component):
         with m.If(issue):
             m.d.sync += rows_issued.eq(rows_issued + 1)
 
-        prm = self.params_rd.data
+        layout = ParamLayout(C)
+        prm = data.View(layout, self.params_rd.data.as_value()[:layout.size])
         m.d.comb += [
             rq.i.valid.eq(s1 & ~st.raw),
             rq.i.p.zero_point.eq(prm.zero_point),

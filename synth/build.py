@@ -79,16 +79,42 @@ def pe_mult_choice(board, config, pe_mult="auto"):
         raise ValueError(f"pe_mult must be 'auto', 'dsp' or 'lut', not {pe_mult!r}")
     if pe_mult != "auto":
         return pe_mult
-    requant = REQUANT_MULTS_PER_LANE * config.cols * config.cores
+    lanes = config.cols if config.requant_lanes is None else config.requant_lanes
+    requant = REQUANT_MULTS_PER_LANE * lanes * config.cores
     return "dsp" if requant + config.macs_per_cycle <= BOARDS[board].dsp_count else "lut"
+
+
+#: The scratchpad's read ports and the store unit's accumulator read port never read a row in
+#: the cycle it is written (tokens order every LOAD before the LOADW / MATMUL that reads its
+#: lines, and every MATMUL before the STORE that reads its rows; see docs/architecture.md), so
+#: what such a read returns is left to the RAM: the iCE40's block RAM then needs no logic that
+#: emulates read-before-write. (The execute unit's transparent read-modify-write port keeps
+#: its bypass.)
+_NO_COLLISION = (
+    "setparam -set COLLISION_X_MASK 1"
+    " top.system.npu.core[0-9]/r:MEMID=\\scratchpad"
+    " top.system.npu.core[0-9]/r:MEMID=\\accumulator %u"
+    " top.system.npu.core[0-9]/r:TRANSPARENCY_MASK=1'0 %i"
+    " top.system.npu.core[0-9]/t:$memrd_v2 %i"
+)
 
 
 def _overrides(board, config, pe_mult, seed):
     family = BOARDS[board].family
-    script = []
+    booth = []
     if pe_mult == "lut":
         # Booth-encode the PE products into LUTs before synthesis maps the rest to DSPs.
-        script += ["hierarchy -top top", "proc", "booth top.system.npu.core*.execute.array.pe_*"]
+        booth += ["top.system.npu.core*.execute.array.pe_*"]
+    if family == "ice40":
+        # The few DSPs are for the requantisers and PEs (see pe_mult_choice); the small
+        # products of the dispatch checks and burst lengths go to LUTs.
+        booth += ["top.system.npu.core[0-9]", "top.system.npu.core[0-9].load.bursts",
+                  "top.system.npu.core[0-9].store.bursts"]
+    script = [f"booth {' '.join(booth)}"] if booth else []
+    if family == "ice40":
+        script.append(_NO_COLLISION)
+    if script:
+        script = ["hierarchy -top top", "proc", *script]
     synth = []
     if family == "ice40":
         synth += ["-dsp"]

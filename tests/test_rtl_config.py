@@ -47,6 +47,15 @@ def test_config_takes_keywords_only():
     ({"rounding": "nearest"}, ValueError,
      "Rounding mode must be 'double' or 'single', not 'nearest'"),
     ({"param_slots": 0}, ValueError, "Parameter slots must be a positive integer, not 0"),
+    ({"fetch_depth": 0}, ValueError, "Fetch depth must be a positive integer, not 0"),
+    ({"fetch_depth": 65}, ValueError, "Fetch depth must be at most 64, not 65"),
+    ({"unit_queue_depth": 0}, ValueError,
+     "Unit queue depth must be a positive integer, not 0"),
+    ({"requant_lanes": 0}, ValueError, "Requantiser lanes must be a positive integer, not 0"),
+    ({"requant_lanes": 3}, ValueError,
+     "Requantiser lanes must divide the array columns (8), not 3"),
+    ({"requant_lanes": 2.0}, TypeError,
+     "Requantiser lanes must be a positive integer, not 2.0"),
 ])
 def test_bad_values_raise_exact_messages(kwargs, exc, message):
     with pytest.raises(exc) as info:
@@ -58,3 +67,9 @@ def test_non_square_and_tiny_arrays_are_valid():
     assert NPUConfig(rows=2, cols=3).line_bytes == 8
     assert NPUConfig(rows=2, cols=3, sparse_group=1).line_bytes == 3
     assert NPUConfig(rows=1, cols=1).macs_per_cycle == 1
+
+
+def test_requantiser_lanes_default_to_one_row_per_cycle():
+    assert NPUConfig().requant_lanes is None and NPUConfig().requant_groups == 1
+    assert NPUConfig(cols=8, requant_lanes=2).requant_groups == 4
+    assert NPUConfig(cols=8, requant_lanes=8).requant_groups == 1

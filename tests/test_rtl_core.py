@@ -80,6 +80,35 @@ def test_more_n_blocks_than_parameter_slots(slots, barriers):
     np.testing.assert_array_equal(hw.memory, gold.memory)
 
 
+# The iCEBreaker's configuration (synth/boards.py): the options that change only the timing
+# (short queues, one requantiser lane) and one parameter slot.
+SMALL = NPUConfig(rows=2, cols=2, bus_width=32, addr_width=16, scratchpad_bytes=256,
+                  acc_rows=64, param_slots=1, fetch_depth=2, unit_queue_depth=1,
+                  requant_lanes=1)
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_small_board_config_gemm_matches_numpy_and_golden(raw):
+    rng = np.random.default_rng(11)
+    a, b = random_int8(rng, (9, 6)), random_int8(rng, (6, 5))
+    params = dict(bias=rng.integers(-3000, 3000, 5),
+                  multiplier=rng.integers(1 << 28, 1 << 31, 5), shift=rng.integers(-8, 2, 5),
+                  zero_point=3, act_min=-100, act_max=120)
+    image = build_gemm_image(SMALL, a, b, raw=raw, params=None if raw else params)
+    hw, gold = run_both(SMALL, image)
+    assert all(c.state == CoreState.DONE for c in hw.cores)
+    acc = a.astype(np.int64) @ b
+    expected = acc if raw else requantize(acc, params["bias"], params["multiplier"],
+                                          params["shift"], 3, -100, 120)
+    np.testing.assert_array_equal(image.read_output(hw.memory), expected)
+    np.testing.assert_array_equal(hw.memory, gold.memory)
+    for h, g in zip(hw.cores, gold.cores):
+        assert h.pc == g.pc
+        for name in ("macs", "dma_read_bytes", "dma_write_bytes", "macs_skipped",
+                     "passes_skipped"):
+            assert h.counters[name] == g.counters[name]
+
+
 def test_dense_gemm_counters_add_up():
     config = NPUConfig(rows=4, cols=4, cores=2)
     rng = np.random.default_rng(9)

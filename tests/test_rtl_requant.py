@@ -9,7 +9,7 @@ import pytest
 
 from npu.firmware.quant import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier, requantize
 from npu.rtl.config import NPUConfig
-from npu.rtl.requant import Requantiser
+from npu.rtl.requant import Requantiser, SerialRequantiser
 from npu.sim.amaranth_sim import run_simulation
 
 LANES = 4
@@ -48,12 +48,14 @@ def _expected(beat, rounding):
     return out
 
 
-def _run(rounding, beats, *, valid_prob=1.0, ready_prob=1.0, seed=0):
-    """Stream ``beats`` through a Requantiser; return outputs and the cycles of each handshake.
+def _run(rounding, beats, *, valid_prob=1.0, ready_prob=1.0, seed=0, dut=None):
+    """Stream ``beats`` through a Requantiser (or ``dut``, with LANES channels per beat);
+    return outputs and the cycles of each handshake.
 
     Also checks the stream rule on ``o``: a stalled output holds its payload until taken.
     """
-    dut = Requantiser(NPUConfig(rounding=rounding), lanes=LANES)
+    if dut is None:
+        dut = Requantiser(NPUConfig(rounding=rounding), lanes=LANES)
     rng = random.Random(seed)
     got, accepted_at, delivered_at = [], [], []
 
@@ -196,6 +198,33 @@ def test_requantiser_latency_is_exact_and_throughput_one_beat_per_cycle(rounding
     assert accepted == list(range(len(beats)))
     assert delivered == [n + dut.latency for n in range(len(beats))]
     assert got == [_expected(beat, rounding) for beat in beats]
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_serial_requantiser_matches_oracle_under_backpressure(lanes):
+    # LANES channels through `lanes` lanes: LANES / lanes cycles per beat, nothing lost,
+    # duplicated or mixed up between the groups of a beat.
+    config = NPUConfig(cols=LANES, rounding="double", requant_lanes=lanes)
+    beats = _random_beats(seed=15, count=60)
+    for n, beat in enumerate(beats):
+        beat["acc"][0], beat["bias"][0], beat["multiplier"][0], beat["shift"][0] = n, 0, 2**30, 1
+    dut = SerialRequantiser(config)
+    _, got, accepted, _ = _run("double", beats, valid_prob=0.7, ready_prob=0.6, seed=4, dut=dut)
+    assert got == [_expected(beat, "double") for beat in beats]
+    assert len(accepted) == len(set(accepted)) == len(beats)
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 4])
+def test_serial_requantiser_takes_a_beat_every_cols_over_lanes_cycles(lanes):
+    config = NPUConfig(cols=LANES, rounding="single", requant_lanes=lanes)
+    dut = SerialRequantiser(config)
+    beats = _random_beats(seed=16, count=12)
+    _, got, accepted, delivered = _run("single", beats, dut=dut)
+    groups = LANES // lanes
+    assert dut.groups == groups and dut.latency == 5 + groups - 1
+    assert accepted == [groups * n + groups - 1 for n in range(len(beats))]
+    assert delivered == [groups * n + dut.latency for n in range(len(beats))]
+    assert got == [_expected(beat, "single") for beat in beats]
 
 
 def test_requantiser_fills_while_output_is_not_ready():
