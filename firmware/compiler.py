@@ -237,7 +237,7 @@ def plan_gemm(config, M, K, N, *, raw, cores=None, split="auto"):
 
     D = PIPELINE_DEPTH
     acc_limit = config.acc_rows // 2
-    sp_free = config.sp_lines - D * (R + 1)
+    sp_free = _free_lines(config)
     if sp_free < D:
         raise ValueError(f"the scratchpad ({config.scratchpad_bytes} bytes) is too small "
                          f"for a {R}x{C} array")
@@ -259,7 +259,15 @@ def plan_gemm(config, M, K, N, *, raw, cores=None, split="auto"):
 
 def compile_gemm(config, plan, layout, weights, *, barrier_after=False):
     """Emit one Program per core band of ``plan`` (without END; the caller appends it)."""
-    programs = [_compile_band(config, plan, layout, weights, band) for band in plan.bands]
+    while True:
+        try:
+            programs = [_compile_band(config, plan, layout, weights, band)
+                        for band in plan.bands]
+            break
+        except _ChunksTooShort:
+            # Chunks of so few steps that a buffer comes round again before the tokens can
+            # show its previous chunk done: more (and shorter) chunk buffers.
+            _more_chunk_buffers(config, plan)
     # Requantised output needs parameter slots; a band with more N-blocks than slots runs in
     # passes separated by barriers, and every core must pass the same number of barriers.
     most = max(n for _, n in programs)
@@ -273,16 +281,39 @@ def compile_gemm(config, plan, layout, weights, *, barrier_after=False):
     return out
 
 
-def _schedule_activation_loads(steps, chunks, nQ, depth, slice_rows):
+class _ChunksTooShort(Exception):
+    """A chunk's activations cannot be loaded after the chunk that last used its buffer is
+    done and before they are needed: the chunks are too short for the tokens' reach."""
+
+
+def _more_chunk_buffers(config, plan):
+    band_rows = max(m1 - m0 for m0, m1, _, _ in plan.bands)
+    buffers = plan.a_buffers + 1
+    mt_max = min(band_rows, config.acc_rows // 2, _free_lines(config) // (buffers * plan.nQ))
+    if mt_max < 1:
+        raise ValueError(f"no schedule keeps a {plan.M}x{plan.K}x{plan.N} GEMM's activations "
+                         f"in the {config.scratchpad_bytes}-byte scratchpad")
+    plan.a_buffers = buffers
+    plan.mt = cdiv(band_rows, cdiv(band_rows, mt_max))
+
+
+def _free_lines(config):
+    """Scratchpad lines left for activations after the weight buffers."""
+    return config.sp_lines - PIPELINE_DEPTH * (config.rows + 1)
+
+
+def _schedule_activation_loads(steps, chunks, nQ, earliest, slice_rows):
     """Attach each resident chunk's K-group loads, in slices of ``slice_rows`` rows, to steps
     of the load stream. The load unit is one in-order stream, so a long load would hold up the
     weight tiles behind it: slices are spread a few per step.
 
     Chunk 0: group 0 with the first step; group q+1 spread over the steps of group q, so a
     group loads while the previous one computes. Chunk c > 0: prefetched during chunk c-1,
-    spread over its steps from its ``depth - 1``-th on (its buffer was last used by chunk
-    c-2, whose steps are then complete). A slice is never attached after the step that first
-    needs its group.
+    spread over its steps from ``earliest[c]`` on (the first step whose loads the tokens
+    order after every step of the chunk that used the buffer before). A slice is never
+    attached after the step that first needs its group. When ``earliest[c]`` comes after
+    chunk c-1 has started (its buffer is freed too late to load during chunk c-1), raises
+    :class:`_ChunksTooShort`.
     """
     first_use = {}
     for t, st in enumerate(steps):
@@ -296,8 +327,10 @@ def _schedule_activation_loads(steps, chunks, nQ, depth, slice_rows):
 
     def spread(items, hosts):
         for i, item in enumerate(items):
-            t = hosts[i * len(hosts) // len(items)]
-            steps[min(t, first_use[item[:2]])]["a_loads"].append(item)
+            t = min(hosts[i * len(hosts) // len(items)], first_use[item[:2]])
+            if t < earliest[item[0]]:
+                raise _ChunksTooShort
+            steps[t]["a_loads"].append(item)
 
     for c in range(len(chunks)):
         groups = sorted({q for (ci, q) in first_use if ci == c})
@@ -311,7 +344,10 @@ def _schedule_activation_loads(steps, chunks, nQ, depth, slice_rows):
                              if first_use[(c, prev)] <= t < first_use[(c, q)]]
                     spread(slices(c, q), hosts or [first_use[(c, q)]])
             continue
-        hosts = chunk_steps[c - 1][depth - 1:] or chunk_steps[c - 1][-1:]
+        if earliest[c] > chunk_steps[c - 1][0]:
+            # It could not load while the chunk before it computes.
+            raise _ChunksTooShort
+        hosts = [t for t in chunk_steps[c - 1] if t >= earliest[c]]
         spread([sl for q in groups for sl in slices(c, q)], hosts)
 
 
@@ -400,12 +436,6 @@ def _compile_band(config, plan, layout, weights, band):
                                       opens_group=len(steps) == first_step, a_loads=[]))
                 blocks.extend((ci, nb, j, f) for f, nb in enumerate(members))
         T = len(steps)
-        if plan.resident and (pass_index == 0 or len(chunks) > plan.a_buffers):
-            # Slices of about one step's worth of beats: the load unit runs a step ahead.
-            # (Later passes find every chunk still resident when each has its own buffer.)
-            beats = cdiv(min(GR, plan.K), config.bus_bytes)
-            _schedule_activation_loads(steps, chunks, nQ, D, max(1, mt // beats))
-
         # Steps go in windows of E: one token each way per window, and the weight tiles of
         # a window's consecutive steps that lie next to each other in memory (a K-group's
         # tiles of one N-block) come in one LOAD: fewer instructions to fetch.
@@ -416,6 +446,27 @@ def _compile_band(config, plan, layout, weights, band):
         windows = [list(range(a, b)) for a, b in pairwise(edges)]
         window_of = {t: w for w, ts in enumerate(windows) for t in ts}
         nW = len(windows)
+
+        if plan.resident and (pass_index == 0 or len(chunks) > plan.a_buffers):
+            # The loads of window k follow the token of window k - ahead: everything up to
+            # its end is done. Chunk c's buffer was last used by chunk c - a_buffers.
+            last_of = {}
+            for t, st in enumerate(steps):
+                last_of[st["ci"]] = t
+            earliest = []
+            for c in range(len(chunks)):
+                prev = c - plan.a_buffers
+                if prev < 0:
+                    earliest.append(0)
+                    continue
+                k = next((k for k in range(ahead, nW)
+                          if windows[k - ahead][-1] >= last_of[prev]), nW)
+                earliest.append(windows[k][0] if k < nW else T)
+            # Slices of about one step's worth of beats: the load unit runs a step ahead.
+            # (Later passes find every chunk still resident when each has its own buffer.)
+            beats = cdiv(min(GR, plan.K), config.bus_bytes)
+            _schedule_activation_loads(steps, chunks, nQ, earliest, max(1, mt // beats))
+
 
         def emit_loads(w):
             ts = windows[w]

@@ -109,6 +109,19 @@ def test_small_board_config_gemm_matches_numpy_and_golden(raw):
             assert h.counters[name] == g.counters[name]
 
 
+def test_short_chunks_get_enough_activation_buffers():
+    # 4 chunks of 32 rows, 2 steps each: a chunk buffer comes round again before the tokens
+    # that free it; the compiler must give the chunks more buffers (it raced with 2 before).
+    config = NPUConfig(rows=8, cols=8, cores=1, acc_rows=64)
+    rng = np.random.default_rng(3)
+    a, b = random_int8(rng, (128, 9)), random_int8(rng, (9, 8))
+    image = build_gemm_image(config, a, b, raw=True)
+    assert image.plan.resident and image.plan.a_buffers > 2
+    hw, gold = run_both(config, image)
+    np.testing.assert_array_equal(image.read_output(hw.memory), a.astype(np.int64) @ b)
+    np.testing.assert_array_equal(hw.memory, gold.memory)
+
+
 def test_dense_gemm_counters_add_up():
     config = NPUConfig(rows=4, cols=4, cores=2)
     rng = np.random.default_rng(9)
