@@ -53,7 +53,8 @@ $(SYNTH_STAMP): pyproject.toml $(STAMP)
 synth-setup: $(SYNTH_STAMP)
 
 synth: setup synth-setup
-	$(PY) -m npu.synth.build --board $(BOARD) --cores $(CORES) --rows $(ROWS) --cols $(COLS) $(SYNTH_ARGS)
+	$(PY) -m npu.synth.build --board $(BOARD) --cores $(CORES) --rows $(ROWS) --cols $(COLS) $(SYNTH_ARGS); \
+	status=$$?; $(PY) -m npu.synth.table; exit $$status
 
 lint: setup
 	$(PY) -m ruff check .

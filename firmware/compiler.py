@@ -311,8 +311,8 @@ def _schedule_activation_loads(steps, chunks, nQ, earliest, slice_rows):
     group loads while the previous one computes. Chunk c > 0: prefetched during chunk c-1,
     spread over its steps from ``earliest[c]`` on (the first step whose loads the tokens
     order after every step of the chunk that used the buffer before). A slice is never
-    attached after the step that first needs its group. When ``earliest[c]`` comes after
-    chunk c-1 has started (its buffer is freed too late to load during chunk c-1), raises
+    attached after the step that first needs its group. When ``earliest[c]`` comes after the
+    middle of chunk c-1 (its buffer is freed too late to load during chunk c-1), raises
     :class:`_ChunksTooShort`.
     """
     first_use = {}
@@ -344,8 +344,8 @@ def _schedule_activation_loads(steps, chunks, nQ, earliest, slice_rows):
                              if first_use[(c, prev)] <= t < first_use[(c, q)]]
                     spread(slices(c, q), hosts or [first_use[(c, q)]])
             continue
-        if earliest[c] > chunk_steps[c - 1][0]:
-            # It could not load while the chunk before it computes.
+        if earliest[c] > chunk_steps[c - 1][len(chunk_steps[c - 1]) // 2]:
+            # It could load during less than half of the chunk before it.
             raise _ChunksTooShort
         hosts = [t for t in chunk_steps[c - 1] if t >= earliest[c]]
         spread([sl for q in groups for sl in slices(c, q)], hosts)
