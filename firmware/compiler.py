@@ -268,8 +268,9 @@ def compile_gemm(config, plan, layout, weights, *, barrier_after=False):
             # Chunks of so few steps that a buffer comes round again before the tokens can
             # show its previous chunk done: more (and shorter) chunk buffers.
             _more_chunk_buffers(config, plan)
-    # Requantised output needs parameter slots; a band with more N-blocks than slots runs in
-    # passes separated by barriers, and every core must pass the same number of barriers.
+    # Requantised output needs parameter slots; a band with more N-blocks than slots reloads
+    # them in one stream when it can, else runs in passes separated by barriers, and every
+    # core must pass the same number of barriers.
     most = max(n for _, n in programs)
     out = []
     for prog, n in programs:
