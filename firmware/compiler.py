@@ -215,7 +215,10 @@ def plan_gemm(config, M, K, N, *, raw, cores=None, split="auto"):
     """Split an M x K x N GEMM over the cores and choose the chunking.
 
     ``split`` is "rows" (each core a band of output rows), "cols" (each core a band of
-    N-blocks) or "auto" (rows unless that leaves cores without a useful band).
+    N-blocks) or "auto": rows unless that leaves cores without a useful band; and with 4 or
+    more cores, a grid of row bands x N-block bands when it reads a fifth less from memory
+    (every core reads the weights of all its N-blocks once per chunk, so with many cores the
+    row split reads the weights many times over).
     """
     if split not in ("auto", "rows", "cols"):
         raise ValueError(f"split must be 'auto', 'rows' or 'cols', not {split!r}")
@@ -223,38 +226,65 @@ def plan_gemm(config, M, K, N, *, raw, cores=None, split="auto"):
     cores = config.cores if cores is None else cores
     nQ, nN = cdiv(K, config.gather_bytes), cdiv(N, C)
     plan = GemmPlan(M=M, K=K, N=N, raw=raw, nQ=nQ, nN=nN)
+    if _free_lines(config) < PIPELINE_DEPTH:
+        raise ValueError(f"the scratchpad ({config.scratchpad_bytes} bytes) is too small "
+                         f"for a {R}x{C} array")
     if split == "auto":
         split = "rows" if (M >= cores * min(M, R) or nN < cores) else "cols"
+        if split == "rows" and cores >= 4:
+            rows = _grid(M, nN, min(cores, M), 1)
+            grids = [_grid(M, nN, pr, cores // pr) for pr in range(2, cores // 2 + 1)
+                     if cores % pr == 0 and pr <= M and cores // pr <= nN]
+            best = min(grids, key=lambda g: _read_bytes(config, g, K), default=None)
+            if best and _read_bytes(config, best, K) < 0.8 * _read_bytes(config, rows, K):
+                split, plan.bands = "grid", best
     if split == "rows":
-        n = min(cores, M)
-        edges = [M * i // n for i in range(n + 1)]
-        plan.bands = [(edges[i], edges[i + 1], 0, nN) for i in range(n)]
-    else:
-        n = min(cores, nN)
-        edges = [nN * i // n for i in range(n + 1)]
-        plan.bands = [(0, M, edges[i], edges[i + 1]) for i in range(n)]
+        plan.bands = _grid(M, nN, min(cores, M), 1)
+    elif split == "cols":
+        plan.bands = _grid(M, nN, 1, min(cores, nN))
     band_rows = max(m1 - m0 for m0, m1, _, _ in plan.bands)
+    plan.mt, plan.resident, plan.a_buffers = _chunking(config, band_rows, nQ)
+    return plan
 
+
+def _grid(M, nN, pr, pc):
+    """Bands of a ``pr`` x ``pc`` grid: row bands (outer) x N-block bands."""
+    rows = [M * i // pr for i in range(pr + 1)]
+    cols = [nN * j // pc for j in range(pc + 1)]
+    return [(rows[i], rows[i + 1], cols[j], cols[j + 1]) for i in range(pr) for j in range(pc)]
+
+
+def _chunking(config, band_rows, nQ):
+    """(mt, resident, a_buffers) for a band of ``band_rows`` rows."""
     D = PIPELINE_DEPTH
     acc_limit = config.acc_rows // 2
     sp_free = _free_lines(config)
-    if sp_free < D:
-        raise ValueError(f"the scratchpad ({config.scratchpad_bytes} bytes) is too small "
-                         f"for a {R}x{C} array")
     # Resident: one chunk buffer if the whole band fits, else two (double-buffered).
     if band_rows <= min(acc_limit, sp_free // nQ):
-        plan.mt, plan.resident, plan.a_buffers = band_rows, True, 1
-        return plan
+        return band_rows, True, 1
     mt_max = min(band_rows, acc_limit, sp_free // (2 * nQ))
     # Resident unless the chunks would be too short to hide a step's dispatch and weights.
     if mt_max >= min(band_rows, 16):
-        chunks = cdiv(band_rows, mt_max)
-        plan.mt, plan.resident, plan.a_buffers = cdiv(band_rows, chunks), True, 2
-        return plan
+        return cdiv(band_rows, cdiv(band_rows, mt_max)), True, 2
     mt_max = min(band_rows, acc_limit, sp_free // D)
-    chunks = cdiv(band_rows, mt_max)
-    plan.mt, plan.resident, plan.a_buffers = cdiv(band_rows, chunks), False, D
-    return plan
+    return cdiv(band_rows, cdiv(band_rows, mt_max)), False, D
+
+
+def _read_bytes(config, bands, K):
+    """Estimated bytes all cores read for ``bands`` (dense weights): activations, weight
+    tiles once per chunk, and about 20 instruction bytes per step."""
+    R, C, B = config.rows, config.cols, config.bus_bytes
+    GR = config.gather_bytes
+    nQ = cdiv(K, GR)
+    tiles = sum(cdiv(min(GR, K - q * GR), R) for q in range(nQ))
+    tile_bytes = (R + 1) * roundup(max(C, R), B)
+    total = 0
+    for m0, m1, nb0, nb1 in bands:
+        mt, resident, _ = _chunking(config, m1 - m0, nQ)
+        steps = cdiv(m1 - m0, mt) * (nb1 - nb0) * tiles
+        a = (m1 - m0) * nQ if resident else steps * mt
+        total += a * roundup(GR, B) + steps * (tile_bytes + 20)
+    return total
 
 
 def compile_gemm(config, plan, layout, weights, *, barrier_after=False):

@@ -109,6 +109,27 @@ def test_small_board_config_gemm_matches_numpy_and_golden(raw):
             assert h.counters[name] == g.counters[name]
 
 
+def test_grid_split_over_four_cores_matches_numpy_and_golden():
+    # Row bands of 4 rows would each read all 8 N-blocks' weights; a 2 x 2 grid of 8-row
+    # bands x 4 N-blocks reads less, and auto picks it.
+    config = NPUConfig(rows=4, cols=4, cores=4)
+    rng = np.random.default_rng(12)
+    a, b = random_int8(rng, (16, 64)), random_int8(rng, (64, 32))
+    image = build_gemm_image(config, a, b, raw=True)
+    assert image.plan.bands == [(0, 8, 0, 4), (0, 8, 4, 8), (8, 16, 0, 4), (8, 16, 4, 8)]
+    hw, gold = run_both(config, image)
+    np.testing.assert_array_equal(image.read_output(hw.memory), a.astype(np.int64) @ b)
+    np.testing.assert_array_equal(hw.memory, gold.memory)
+
+
+@pytest.mark.parametrize("cores, grid", [(2, (2, 1)), (4, (4, 1)), (8, (4, 2))])
+def test_auto_split_of_256_cubed(cores, grid):
+    # 64-row bands fit the scratchpad whole; 128-row ones would be re-read in chunks.
+    plan = compiler.plan_gemm(NPUConfig(cores=cores), 256, 256, 256, raw=False)
+    assert len({b[:2] for b in plan.bands}) == grid[0]
+    assert len({b[2:] for b in plan.bands}) == grid[1]
+
+
 def test_short_chunks_get_enough_activation_buffers():
     # 4 chunks of 32 rows, 2 steps each: a chunk buffer comes round again before the tokens
     # that free it; the compiler must give the chunks more buffers (it raced with 2 before).
