@@ -114,7 +114,7 @@ def run_bench(*, quick=False, backend=None, out=JSON_PATH, sections=SECTIONS):
     if "scaling" in sections:
         _scaling(results, backend, big)
     if "memory_wall" in sections:
-        _memory_wall(results, backend)
+        _memory_wall(results, backend, cfg)
     if "sparse" in sections:
         _sparse(results, backend, big, cfg)
     if "speed" in sections:
@@ -178,14 +178,26 @@ def _scaling(results, backend, big):
     results["scaling_goal"] = {"cores": 4, "goal": 3.6, "met": scaling[4]["speedup"] >= 3.6}
 
 
-def _memory_wall(results, backend):
+def _memory_wall(results, backend, cfg):
     print("\n-- memory wall: utilisation against memory bytes per cycle, 1 core --")
     wall = {}
     for bpc in (1, 2, 4, 8, 16):
         s = _gemm(backend, 128, 128, 128, bytes_per_cycle=bpc)
-        wall[bpc] = {"cycles": s["cycles"], "utilization": s["utilization"]}
-        print(f"  {bpc:>2} B/cycle: utilisation {s['utilization']:6.1%}")
+        roof = _roof(s, bpc, cfg)
+        wall[bpc] = {"cycles": s["cycles"], "utilization": s["utilization"],
+                     "dma_read_bytes": s["dma_read_bytes"], "roof": roof}
+        print(f"  {bpc:>2} B/cycle: utilisation {s['utilization']:6.1%}  (ideal {roof:6.1%}: "
+              f"compute or reading its {s['dma_read_bytes']} bytes at {bpc} B/cycle)")
     results["memory_wall"] = wall
+
+
+def _roof(stats, bytes_per_cycle, cfg):
+    """Roofline bound on utilisation (one core): the MACs at one vector per cycle, or the run's
+    DMA reads at ``bytes_per_cycle``, whichever takes longer (the bus moves at most one beat
+    per cycle)."""
+    compute = stats["macs"] / cfg.macs_per_cycle
+    reads = stats["dma_read_bytes"] / min(bytes_per_cycle, cfg.bus_bytes)
+    return min(1.0, compute / reads) if reads else 1.0
 
 
 def _sparse(results, backend, big, cfg):
@@ -247,8 +259,9 @@ def _plot_wall(wall, folder, plt):
     bpc = [int(k) for k in wall]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(bpc, [wall[k]["utilization"] for k in wall], "o-", label="measured")
-    # Roofline: 128^3 int8 GEMM moves at least A, B once and C once.
-    ax.plot(bpc, [min(1.0, b / 8) for b in bpc], "--", label="bandwidth roof (1 core)")
+    # Roofline: the MACs at one vector per cycle, or the run's DMA reads at that bandwidth.
+    if all("roof" in v for v in wall.values()):
+        ax.plot(bpc, [wall[k]["roof"] for k in wall], "--", label="roof (compute or DMA reads)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("memory bytes per cycle")
     ax.set_ylabel("MAC utilisation")
@@ -296,7 +309,8 @@ def update_readme(results, readme=README):
         lines.append(f"| {big} with {float(s):.0%} zero K-rows | {v['speedup']:.2f}x | {goal} "
                      f"| {v['ideal']:.2f}x |")
     for bpc, v in results.get("memory_wall", {}).items():
-        lines.append(f"| 128^3 at {bpc} B/cycle | {v['utilization']:.1%} | | |")
+        roof = f"{v['roof']:.1%}" if "roof" in v else ""
+        lines.append(f"| 128^3 at {bpc} B/cycle | {v['utilization']:.1%} | | {roof} |")
     for name, v in results.get("sim_speed", {}).items():
         lines.append(f"| simulation speed, {name} | {v:,.0f} cycles/s | | |")
     if big in u:
