@@ -70,8 +70,18 @@ class NPUConfig:
         (the default) means ``cols``: a whole accumulator row per cycle. Fewer lanes take
         ``cols / requant_lanes`` cycles per row and need proportionally fewer multipliers
         (four 17x17 partial products per lane).
+    store_queue_depth : int
+        Rows the store unit reads and requantises ahead of their bus writes, 1..64 (its
+        queue of burst lengths holds twice as many bursts).
+    zero_lookahead : int
+        Scratchpad lines the execute unit looks at per cycle to skip all-zero lines of an
+        accumulating MATMUL, 1..8: it passes over at most that many zero lines per cycle.
+    counter_width : int
+        Bits of each performance counter but ``cycles`` (always 32), 1..32; a counter wraps
+        at ``2**counter_width`` (its register reads zeros above).
 
-    The last three change only the timing (cycle counts), never a result.
+    ``fetch_depth``, ``unit_queue_depth``, ``requant_lanes``, ``store_queue_depth`` and
+    ``zero_lookahead`` change only the timing (cycle counts), never a result.
     """
 
     rows: int = 8
@@ -87,6 +97,9 @@ class NPUConfig:
     fetch_depth: int = 8
     unit_queue_depth: int = 4
     requant_lanes: int | None = None
+    store_queue_depth: int = 4
+    zero_lookahead: int = 4
+    counter_width: int = 32
     # Widths of the datapath; fixed by the INT8 design, kept here so that no constant is
     # repeated elsewhere.
     in_width: int = field(default=8, init=False)
@@ -135,6 +148,9 @@ class NPUConfig:
                 raise ValueError(
                     f"Requantiser lanes must divide the array columns ({self.cols}), "
                     f"not {self.requant_lanes}")
+        _check_positive_int("Store queue depth", self.store_queue_depth, maximum=64)
+        _check_positive_int("Zero lookahead", self.zero_lookahead, maximum=8)
+        _check_positive_int("Counter width", self.counter_width, maximum=32)
         if self.rounding not in ROUNDING_MODES:
             raise ValueError(
                 f"Rounding mode must be 'double' or 'single', not {self.rounding!r}")

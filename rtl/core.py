@@ -139,7 +139,7 @@ class NPUCore(wiring.Component):
         # per sub-block per line, distributed RAM on an FPGA).
         m.submodules.zflags = self.zflags
         wiring.connect(m, load.zflags, self.zflags.write_port())
-        for j in range(ExecuteUnit.LOOKAHEAD):
+        for j in range(execute.lookahead):
             port = self.zflags.read_port(domain="comb")
             m.d.comb += [port.addr.eq(execute.zf_addr[j]), execute.zf_data[j].eq(port.data)]
 
@@ -346,7 +346,11 @@ class NPUCore(wiring.Component):
             "passes_skipped": execute.skipped,
         }
         for name, inc in increments.items():
-            counter = getattr(counters, name)
+            # Event counters have `counter_width` bits, wrapping there (the register reads
+            # zeros above); `cycles` keeps 32, so that a host can budget a run by it.
+            width = 32 if name == "cycles" else cfg.counter_width
+            counter = Signal(width, name=f"counter_{name}")
+            m.d.comb += getattr(counters, name).eq(counter)
             with m.If(restart):
                 m.d.sync += counter.eq(0)
             with m.Elif(busy):

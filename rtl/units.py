@@ -486,18 +486,18 @@ class ExecuteUnit(wiring.Component):
     Sparse unit: lane i of a vector is byte ``gather[i]`` of its scratchpad line, so a packed
     tile draws each row's activation from the K-row its weights belong to. When accumulating,
     a line whose gathered sub-blocks are all zero (per-line flags written by LOAD) is not issued;
-    the engine looks ``LOOKAHEAD`` lines ahead, so it can pass over that many zero lines per
+    the engine looks ``lookahead`` lines ahead, so it can pass over that many zero lines per
     cycle. Zero operands of the vectors it does issue are counted as gated MACs.
+    ``lookahead`` is ``config.zero_lookahead``.
     """
-
-    LOOKAHEAD = 4
 
     def __init__(self, config):
         _check_config(config)
         self._config = config
+        self.lookahead = config.zero_lookahead
         L = config.line_bytes
         G = config.sparse_group
-        W = self.LOOKAHEAD
+        W = self.lookahead
         sp_bits = ceil_log2(config.sp_lines)
         sp_sig = dict(addr_width=sp_bits, shape=data.ArrayLayout(8, L))
         acc_sig = dict(addr_width=ceil_log2(config.acc_rows),
@@ -509,7 +509,7 @@ class ExecuteUnit(wiring.Component):
             "late_push": Out(2),     # MATMUL pushes, when their data has moved
             "sp_w": In(ReadPort.Signature(**sp_sig)),
             "sp_a": In(ReadPort.Signature(**sp_sig)),
-            # Asynchronous reads of the zero flags of the next LOOKAHEAD lines.
+            # Asynchronous reads of the zero flags of the next `lookahead` lines.
             "zf_addr": Out(data.ArrayLayout(sp_bits, W)),
             "zf_data": In(data.ArrayLayout(G, W)),
             "acc_rd": In(ReadPort.Signature(**acc_sig)),
@@ -526,7 +526,7 @@ class ExecuteUnit(wiring.Component):
         cfg = self._config
         R, C, G, L = cfg.rows, cfg.cols, cfg.sparse_group, cfg.line_bytes
         GR = cfg.gather_bytes
-        W = self.LOOKAHEAD
+        W = self.lookahead
         m.submodules.array = array = SystolicArray(cfg, tag_shape=AccTag(cfg))
         m.d.comb += array.o.ready.eq(1)
 
@@ -587,7 +587,7 @@ class ExecuteUnit(wiring.Component):
         w_busy = Signal()
         m.d.comb += w_busy.eq((w_left != 0) | w_s1)
 
-        # Activation engine, issue stage: pick the first of the next LOOKAHEAD lines that is
+        # Activation engine, issue stage: pick the first of the next `lookahead` lines that is
         # not skipped, read it; step over the skipped ones.
         a_left = Signal(16)
         a_addr = Signal(len(self.sp_a.addr))
@@ -749,14 +749,14 @@ class StoreUnit(wiring.Component):
 
     Rows are read one per cycle while a credit is free in the row queue, requantised in a
     fixed-latency pipeline, and written as one burst per row (cut at 4 KB boundaries) with byte
-    strobes for the ``cols`` lanes. Write data never precedes its address.
+    strobes for the ``cols`` lanes. Write data never precedes its address. ``row_queue`` is
+    ``config.store_queue_depth``.
     """
-
-    ROW_QUEUE = 4
 
     def __init__(self, config):
         _check_config(config)
         self._config = config
+        self.row_queue = config.store_queue_depth
         super().__init__({
             "cmd": In(stream.Signature(Instruction)),
             "abort": In(1),
@@ -784,8 +784,8 @@ class StoreUnit(wiring.Component):
             m.submodules.requant = rq = Requantiser(cfg, lanes=C)
         else:
             m.submodules.requant = rq = SerialRequantiser(cfg)
-        m.submodules.rows = rowq = SyncFIFOBuffered(width=row_bits, depth=self.ROW_QUEUE)
-        m.submodules.lens = lenq = SyncFIFOBuffered(width=8, depth=8)
+        m.submodules.rows = rowq = SyncFIFOBuffered(width=row_bits, depth=self.row_queue)
+        m.submodules.lens = lenq = SyncFIFOBuffered(width=8, depth=2 * self.row_queue)
         m.submodules.bursts = bursts = _BurstGenerator(cfg, max_rows=cfg.acc_rows,
                                                         max_beats=row_beats_max)
 
@@ -801,7 +801,7 @@ class StoreUnit(wiring.Component):
         running = Signal()
         rows_issued = Signal(16)
         rows_done = Signal(16)
-        in_flight = Signal(range(self.ROW_QUEUE + 1))
+        in_flight = Signal(range(self.row_queue + 1))
         outstanding_b = Signal(16)
 
         # Accumulator read stage.
@@ -813,7 +813,7 @@ class StoreUnit(wiring.Component):
         issue = Signal()
         m.d.comb += [
             issue.eq(running & (rows_issued != st.rows)
-                     & (in_flight + rowq.level < self.ROW_QUEUE) & adv),
+                     & (in_flight + rowq.level < self.row_queue) & adv),
             self.acc_rd.addr.eq(st.acc_addr + rows_issued),
             self.acc_rd.en.eq(adv),
             self.params_rd.addr.eq(st.slot),

@@ -450,8 +450,10 @@ class _Core:
 
     def result(self):
         state = CoreState.DONE if self.phase == "done" else CoreState.ERROR
+        # The counters wrap at the configured width, as the gateware's do.
+        mask = (1 << self.cfg.counter_width) - 1
         return CoreResult(state=state, error=self.error, pc=self.pc,
-                          counters=dict(self.counters))
+                          counters={k: v & mask for k, v in self.counters.items()})
 
     def describe(self):
         waiting = {}

@@ -1,5 +1,7 @@
 """The NPU running programs in the Amaranth simulator, against numpy and the golden model."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -108,6 +110,40 @@ def test_small_board_config_gemm_matches_numpy_and_golden(raw):
                      "passes_skipped"):
             assert h.counters[name] == g.counters[name]
 
+
+
+# The smallest options on top of SMALL: no instruction prefetched ahead, one row between the
+# requantiser and the bus, one line of zero lookahead, 8-bit event counters.
+TINY = dataclasses.replace(SMALL, fetch_depth=1, store_queue_depth=1, zero_lookahead=1,
+                           counter_width=8)
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_tiny_options_match_numpy_and_golden_and_counters_wrap(raw):
+    rng = np.random.default_rng(12)
+    a, b = random_int8(rng, (9, 20)), random_int8(rng, (20, 5))
+    a[2:7, 8:] = 0          # zero lines in the accumulating K-groups: passes are skipped
+    params = dict(bias=rng.integers(-3000, 3000, 5),
+                  multiplier=rng.integers(1 << 28, 1 << 31, 5), shift=rng.integers(-8, 2, 5),
+                  zero_point=-2, act_min=-128, act_max=100)
+    image = build_gemm_image(TINY, a, b, raw=raw, params=None if raw else params)
+    hw, gold = run_both(TINY, image)
+    assert all(c.state == CoreState.DONE for c in hw.cores)
+    acc = a.astype(np.int64) @ b
+    expected = acc if raw else requantize(acc, params["bias"], params["multiplier"],
+                                          params["shift"], -2, -128, 100)
+    np.testing.assert_array_equal(image.read_output(hw.memory), expected)
+    np.testing.assert_array_equal(hw.memory, gold.memory)
+    # The same program with 32-bit counters: the 8-bit ones are those values modulo 256.
+    wide = GoldenBackend(dataclasses.replace(TINY, counter_width=32)).run(
+        image.memory, image.starts)
+    for h, g, w in zip(hw.cores, gold.cores, wide.cores):
+        assert h.pc == g.pc
+        assert w.counters["passes_skipped"] > 0 and w.counters["macs"] > 255
+        for name in ("macs", "dma_read_bytes", "dma_write_bytes", "macs_skipped",
+                     "passes_skipped"):
+            assert h.counters[name] == g.counters[name] == w.counters[name] % 256
+        assert h.counters["cycles"] > 255     # cycles keeps 32 bits
 
 def test_dense_gemm_counters_add_up():
     config = NPUConfig(rows=4, cols=4, cores=2)
