@@ -184,6 +184,13 @@ class NPUConfig:
         return 1 if self.requant_lanes is None else self.cols // self.requant_lanes
 
     @property
+    def window_bits(self):
+        """Width of a core's program counter and DMA window registers: 32, or
+        ``addr_width + 1`` for a narrower bus (the window is then clipped to the
+        ``2**addr_width`` bytes the bus reaches, so its limit can be ``2**addr_width``)."""
+        return min(32, self.addr_width + 1)
+
+    @property
     def bus_bytes(self):
         """Bytes per beat of the external memory bus."""
         return self.bus_width // 8

@@ -194,8 +194,8 @@ class FetchUnit(wiring.Component):
         _check_config(config)
         self._config = config
         super().__init__({
-            "start": In(1), "stop": In(1), "pc0": In(32),
-            "win_base": In(32), "win_limit": In(32),
+            "start": In(1), "stop": In(1), "pc0": In(config.window_bits),
+            "win_base": In(config.window_bits), "win_limit": In(config.window_bits),
             "bus": Out(ReadManagerSignature(config)),
             "o": Out(stream.Signature(data.StructLayout({
                 "instr": INSTR_BITS, "fault": FetchFault}))),
@@ -215,7 +215,7 @@ class FetchUnit(wiring.Component):
             queue.r_en.eq(self.o.ready),
         ]
 
-        addr = Signal(32)
+        addr = Signal(cfg.window_bits)
         active = Signal()
         outstanding = Signal(range(depth + 1))
         m.d.comb += self.inflight.eq(outstanding != 0)
@@ -223,7 +223,7 @@ class FetchUnit(wiring.Component):
         inside = Signal()
         m.d.comb += inside.eq((addr >= self.win_base)
                               & (addr + INSTR_BYTES <= self.win_limit)
-                              & (addr <= 0xFFFF_FFFF - INSTR_BYTES))
+                              & (addr <= (1 << cfg.window_bits) - 1 - INSTR_BYTES))
         room = Signal()
         m.d.comb += room.eq(queue.level + outstanding < depth)
 

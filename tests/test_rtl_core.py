@@ -346,3 +346,28 @@ def test_a_run_that_never_finishes_times_out_with_the_cores_state():
     assert core["state"] == CoreState.BUSY
     assert core["counters"]["stall_dependency"] > 300
     assert "core 0: BUSY" in str(info.value)
+
+
+@pytest.mark.parametrize("limit", [0xFFFF_FFFF, 0x10000])
+def test_narrow_bus_clips_the_window_to_its_address_space(limit):
+    # SMALL has a 16-bit address: a window limit written above 2**16 acts as 2**16, so the
+    # second row of this LOAD (at 0x10000) is outside instead of wrapping around to 0x0000.
+    memory = np.zeros(0x10000, np.uint8)
+    prog = Program()
+    prog.load(0, 2, 8, 8, 0xFFF8)
+    prog.end()
+    memory[:len(prog.to_bytes())] = np.frombuffer(prog.to_bytes(), np.uint8)
+    hw = AmaranthBackend(SMALL).run(memory, [0], [(0, limit)], max_cycles=2000)
+    gold = GoldenBackend(SMALL).run(memory, [0], [(0, 0x10000)])
+    for c in (hw.cores[0], gold.cores[0]):
+        assert (c.state, c.error, c.pc) == (CoreState.ERROR, ErrorCode.DMA_WINDOW, 0)
+
+
+@pytest.mark.parametrize("start, code", [(0x10000, ErrorCode.DMA_WINDOW),
+                                         (0x10004, ErrorCode.MISALIGNED)])
+def test_narrow_bus_program_above_the_address_space_faults(start, code):
+    memory = np.zeros(0x10000, np.uint8)
+    hw = AmaranthBackend(SMALL).run(memory, [start], [(0, 0xFFFF_FFFF)], max_cycles=2000)
+    c = hw.cores[0]
+    assert (c.state, c.error) == (CoreState.ERROR, code)
+    assert c.pc == (0x10000 if code == ErrorCode.DMA_WINDOW else start)
