@@ -70,6 +70,10 @@ class NPUConfig:
         (the default) means ``cols``: a whole accumulator row per cycle. Fewer lanes take
         ``cols / requant_lanes`` cycles per row and need proportionally fewer multipliers
         (four 17x17 partial products per lane).
+    requant_sequential : bool
+        Requantise one channel at a time by shifting and adding, without multipliers (about
+        40 to 100 cycles per channel; see ``rtl/requant.py``), for the smallest FPGAs.
+        ``requant_lanes`` must then be None.
     store_queue_depth : int
         Rows the store unit reads and requantises ahead of their bus writes, 1..64 (its
         queue of burst lengths holds twice as many bursts).
@@ -80,8 +84,9 @@ class NPUConfig:
         Bits of each performance counter but ``cycles`` (always 32), 1..32; a counter wraps
         at ``2**counter_width`` (its register reads zeros above).
 
-    ``fetch_depth``, ``unit_queue_depth``, ``requant_lanes``, ``store_queue_depth`` and
-    ``zero_lookahead`` change only the timing (cycle counts), never a result.
+    ``fetch_depth``, ``unit_queue_depth``, ``requant_lanes``, ``requant_sequential``,
+    ``store_queue_depth`` and ``zero_lookahead`` change only the timing (cycle counts), never
+    a result.
     """
 
     rows: int = 8
@@ -97,6 +102,7 @@ class NPUConfig:
     fetch_depth: int = 8
     unit_queue_depth: int = 4
     requant_lanes: int | None = None
+    requant_sequential: bool = False
     store_queue_depth: int = 4
     zero_lookahead: int = 4
     counter_width: int = 32
@@ -148,6 +154,12 @@ class NPUConfig:
                 raise ValueError(
                     f"Requantiser lanes must divide the array columns ({self.cols}), "
                     f"not {self.requant_lanes}")
+        if not isinstance(self.requant_sequential, bool):
+            raise TypeError(f"Sequential requantiser must be True or False, not "
+                            f"{self.requant_sequential!r}")
+        if self.requant_sequential and self.requant_lanes is not None:
+            raise ValueError(f"A sequential requantiser has no lanes: requant_lanes must be "
+                             f"None, not {self.requant_lanes}")
         _check_positive_int("Store queue depth", self.store_queue_depth, maximum=64)
         _check_positive_int("Zero lookahead", self.zero_lookahead, maximum=8)
         _check_positive_int("Counter width", self.counter_width, maximum=32)

@@ -15,7 +15,7 @@ from amaranth.utils import ceil_log2, exact_log2
 
 from .config import NPUConfig
 from .isa import INSTR_BITS, INSTR_BYTES, Instruction, Opcode, param_slot_bytes
-from .requant import Requantiser, SerialRequantiser
+from .requant import Requantiser, SequentialRequantiser, SerialRequantiser
 from .systolic import SystolicArray
 
 __all__ = ["FetchFault", "FetchUnit", "LoadUnit", "ExecuteUnit", "StoreUnit",
@@ -780,7 +780,9 @@ class StoreUnit(wiring.Component):
         row_beats_max = -(-4 * C // B)
         row_bits = row_beats_max * B * 8
 
-        if cfg.requant_groups == 1:
+        if cfg.requant_sequential:
+            m.submodules.requant = rq = SequentialRequantiser(cfg)
+        elif cfg.requant_groups == 1:
             m.submodules.requant = rq = Requantiser(cfg, lanes=C)
         else:
             m.submodules.requant = rq = SerialRequantiser(cfg)

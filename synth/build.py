@@ -80,6 +80,8 @@ def pe_mult_choice(board, config, pe_mult="auto"):
     if pe_mult != "auto":
         return pe_mult
     lanes = config.cols if config.requant_lanes is None else config.requant_lanes
+    if config.requant_sequential:
+        lanes = 0            # it shifts and adds
     requant = REQUANT_MULTS_PER_LANE * lanes * config.cores
     return "dsp" if requant + config.macs_per_cycle <= BOARDS[board].dsp_count else "lut"
 
