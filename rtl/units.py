@@ -187,7 +187,9 @@ class FetchUnit(wiring.Component):
     It never reads outside the DMA window: at the first instruction that does not lie inside
     it, it queues an entry marked ``fault.window`` and stops. ``stop`` ends prefetching (the
     core is halting); ``inflight`` stays high until every read issued has returned. At most
-    ``config.fetch_depth`` instructions are queued or being read.
+    ``config.fetch_depth`` instructions are queued or being read. With a depth of 1 the
+    instruction is offered from the register its beats are shifted into (no read is issued
+    while it waits), with the timing of a one-entry queue.
     """
 
     def __init__(self, config):
@@ -207,13 +209,34 @@ class FetchUnit(wiring.Component):
         cfg = self._config
         beats = max(1, INSTR_BYTES // cfg.bus_bytes)
         depth = cfg.fetch_depth
-        m.submodules.queue = queue = SyncFIFOBuffered(
-            width=len(self.o.payload.as_value()), depth=depth)
-        m.d.comb += [
-            self.o.payload.eq(queue.r_data),
-            self.o.valid.eq(queue.r_rdy),
-            queue.r_en.eq(self.o.ready),
-        ]
+        # Beats arrive lowest address first: shift each in at the top.
+        buf = Signal(INSTR_BITS)
+        got = Signal(INSTR_BITS)
+        if depth == 1:
+            level = Signal()
+            fault = Signal(FetchFault)
+            m.d.comb += [
+                self.o.payload.instr.eq(buf),
+                self.o.payload.fault.eq(fault),
+                self.o.valid.eq(level),
+            ]
+            with m.If(self.o.valid & self.o.ready):
+                m.d.sync += level.eq(0)
+        else:
+            m.submodules.queue = queue = SyncFIFOBuffered(
+                width=len(self.o.payload.as_value()), depth=depth)
+            level = queue.level
+            m.d.comb += [
+                self.o.payload.eq(queue.r_data),
+                self.o.valid.eq(queue.r_rdy),
+                queue.r_en.eq(self.o.ready),
+            ]
+
+        def enqueue(instr, fault_value):
+            if depth == 1:
+                m.d.sync += [level.eq(1), fault.eq(fault_value), buf.eq(instr)]
+            else:
+                m.d.comb += [queue.w_en.eq(1), queue.w_data.eq(Cat(instr, fault_value))]
 
         addr = Signal(cfg.window_bits)
         active = Signal()
@@ -225,7 +248,7 @@ class FetchUnit(wiring.Component):
                               & (addr + INSTR_BYTES <= self.win_limit)
                               & (addr <= (1 << cfg.window_bits) - 1 - INSTR_BYTES))
         room = Signal()
-        m.d.comb += room.eq(queue.level + outstanding < depth)
+        m.d.comb += room.eq(level + outstanding < depth)
 
         issue = Signal()
         # An offered address stays offered until taken (AXI), even if the core stops
@@ -240,9 +263,6 @@ class FetchUnit(wiring.Component):
         ]
         m.d.sync += offered.eq(self.bus.arvalid & ~self.bus.arready)
 
-        # Beats arrive lowest address first: shift each in at the top.
-        buf = Signal(INSTR_BITS)
-        got = Signal(INSTR_BITS)
         m.d.comb += got.eq(Cat(buf, self.bus.rdata)[-INSTR_BITS:])
         bus_err = Signal()
         retire = Signal()
@@ -258,16 +278,9 @@ class FetchUnit(wiring.Component):
         m.d.comb += fault_entry.eq(active & ~self.stop & ~inside & (outstanding == 0) & room)
 
         with m.If(retire):
-            m.d.comb += [
-                queue.w_en.eq(1),
-                queue.w_data.eq(Cat(got, Const(0, 1),
-                                    bus_err | (self.bus.rresp != 0))),
-            ]
+            enqueue(got, Cat(Const(0, 1), bus_err | (self.bus.rresp != 0)))
         with m.Elif(fault_entry):
-            m.d.comb += [
-                queue.w_en.eq(1),
-                queue.w_data.eq(Cat(Const(0, INSTR_BITS), Const(1, 1), Const(0, 1))),
-            ]
+            enqueue(Const(0, INSTR_BITS), Cat(Const(1, 1), Const(0, 1)))
             m.d.sync += active.eq(0)
 
         m.d.sync += outstanding.eq(outstanding + issue - retire)

@@ -372,3 +372,15 @@ def test_narrow_bus_program_above_the_address_space_faults(start, code):
     c = hw.cores[0]
     assert (c.state, c.error) == (CoreState.ERROR, code)
     assert c.pc == (0x10000 if code == ErrorCode.DMA_WINDOW else start)
+
+
+def test_one_deep_fetch_without_a_queue_keeps_the_cycle_count_of_a_one_entry_queue():
+    # fetch_depth=1 offers the instruction from its shift register instead of a one-entry
+    # SyncFIFOBuffered; 8785 cycles is what the queue took on this program.
+    config = dataclasses.replace(SMALL, fetch_depth=1)
+    rng = np.random.default_rng(1)
+    a, b = random_int8(rng, (9, 20)), random_int8(rng, (20, 5))
+    image = build_gemm_image(config, a, b, raw=True)
+    hw = AmaranthBackend(config).run(image.memory, image.starts)
+    np.testing.assert_array_equal(image.read_output(hw.memory), a.astype(np.int64) @ b)
+    assert hw.cycles == 8785
