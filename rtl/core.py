@@ -3,7 +3,7 @@
 See docs/architecture.md for the block diagram and the cycle model.
 """
 
-from amaranth import Cat, Module, Mux, ResetInserter, Signal
+from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -394,6 +394,20 @@ class _Checker:
         dma = Signal()
         sp_lines, acc_rows = cfg.sp_lines, cfg.acc_rows
 
+        # Field bounds on only the bits a value within the bound can have (the same results
+        # as the full-width sums, in a fraction of the logic).
+        def at_most(value, limit):
+            if limit < 0:
+                return Const(0, 1)
+            n = limit.bit_length()
+            high = value[n:].any() if len(value) > n else Const(0, 1)
+            return ~high & (value[:n] <= limit)
+
+        def sum_at_most(a, b, limit):
+            n = limit.bit_length()
+            high = Cat(a[n:], b[n:]).any() if max(len(a), len(b)) > n else Const(0, 1)
+            return ~high & (a[:n] + b[:n] <= limit)
+
         def beats_bytes(nbytes):
             return ((nbytes + (B - 1)) >> low) << low
 
@@ -419,7 +433,7 @@ class _Checker:
         with m.Switch(ins.op):
             with m.Case(Opcode.LOAD):
                 m.d.comb += [
-                    fields_ok.eq((ld.rows != 0) & (ld.sp_addr + ld.rows <= sp_lines)
+                    fields_ok.eq((ld.rows != 0) & sum_at_most(ld.sp_addr, ld.rows, sp_lines)
                                  & (ld.row_bytes != 0) & (ld.row_bytes <= cfg.line_bytes)
                                  & ~d.pop_prev & ~d.push_prev),
                     aligned.eq((ld.addr[:low] == 0) & (ld.stride[:low] == 0)),
@@ -434,17 +448,17 @@ class _Checker:
                     row_extent.eq(-(-param_slot_bytes(cfg.cols) // B) * B),
                 ]
             with m.Case(Opcode.LOADW):
-                m.d.comb += [fields_ok.eq(lw.sp_addr + cfg.rows < sp_lines), aligned.eq(1)]
+                m.d.comb += [fields_ok.eq(at_most(lw.sp_addr, sp_lines - 1 - cfg.rows)), aligned.eq(1)]
             with m.Case(Opcode.MATMUL):
                 m.d.comb += [
-                    fields_ok.eq((mm.rows != 0) & (mm.sp_addr + mm.rows <= sp_lines)
-                                 & (mm.acc_addr + mm.rows <= acc_rows)
-                                 & (~mm.load_weights | (mm.w_sp_addr + cfg.rows < sp_lines))),
+                    fields_ok.eq((mm.rows != 0) & sum_at_most(mm.sp_addr, mm.rows, sp_lines)
+                                 & sum_at_most(mm.acc_addr, mm.rows, acc_rows)
+                                 & (~mm.load_weights | at_most(mm.w_sp_addr, sp_lines - 1 - cfg.rows))),
                     aligned.eq(1),
                 ]
             with m.Case(Opcode.STORE):
                 m.d.comb += [
-                    fields_ok.eq((st.rows != 0) & (st.acc_addr + st.rows <= acc_rows)
+                    fields_ok.eq((st.rows != 0) & sum_at_most(st.acc_addr, st.rows, acc_rows)
                                  & (st.cols != 0) & (st.cols <= cfg.cols)
                                  & (st.slot < cfg.param_slots) & ~d.pop_next & ~d.push_next),
                     aligned.eq((st.addr[:low] == 0) & (st.stride[:low] == 0)),

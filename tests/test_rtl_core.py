@@ -384,3 +384,38 @@ def test_one_deep_fetch_without_a_queue_keeps_the_cycle_count_of_a_one_entry_que
     hw = AmaranthBackend(config).run(image.memory, image.starts)
     np.testing.assert_array_equal(image.read_output(hw.memory), a.astype(np.int64) @ b)
     assert hw.cycles == 8785
+
+
+# Field bounds at the edges, on SMALL (32 scratchpad lines, 64 accumulator rows): the checks
+# look only at the bits a legal value can have, and must still see the high ones.
+BOUND_CASES = {
+    "load_last_line": (lambda p: p.load(31, 1, 8, 8, 0x1000), ErrorCode.NONE),
+    "load_past_the_end": (lambda p: p.load(31, 2, 8, 8, 0x1000), ErrorCode.ILLEGAL_FIELD),
+    "load_high_sp_addr": (lambda p: p.load(0x8000, 1, 8, 8, 0x1000), ErrorCode.ILLEGAL_FIELD),
+    "load_high_rows": (lambda p: p.load(0, 0x8001, 8, 8, 0x1000), ErrorCode.ILLEGAL_FIELD),
+    "loadw_last_tile": (lambda p: p.loadw(29), ErrorCode.NONE),
+    "loadw_past_the_end": (lambda p: p.loadw(30), ErrorCode.ILLEGAL_FIELD),
+    "loadw_high": (lambda p: p.loadw(0x8000 + 1), ErrorCode.ILLEGAL_FIELD),
+    "matmul_last_row": (lambda p: p.matmul(31, 63, 1), ErrorCode.NONE),
+    "matmul_acc_past_the_end": (lambda p: p.matmul(0, 63, 2), ErrorCode.ILLEGAL_FIELD),
+    "matmul_high_acc": (lambda p: p.matmul(0, 0x4000, 1), ErrorCode.ILLEGAL_FIELD),
+    "matmul_high_weights": (lambda p: p.matmul(0, 0, 1, load_weights=True, w_sp_addr=0x8000),
+                            ErrorCode.ILLEGAL_FIELD),
+    "store_last_row": (lambda p: p.store(63, 1, 2, 8, 0x1000, raw=True), ErrorCode.NONE),
+    "store_high_rows": (lambda p: p.store(1, 0xFFFF, 2, 8, 0x1000, raw=True),
+                        ErrorCode.ILLEGAL_FIELD),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BOUND_CASES))
+def test_field_bounds_at_the_edges_match_the_golden_model(name):
+    emit, code = BOUND_CASES[name]
+    prog = Program()
+    emit(prog)
+    prog.end()
+    memory = np.zeros(0x10000, np.uint8)
+    memory[:len(prog.to_bytes())] = np.frombuffer(prog.to_bytes(), np.uint8)
+    hw = AmaranthBackend(SMALL).run(memory, [0], max_cycles=5000).cores[0]
+    gold = GoldenBackend(SMALL).run(memory, [0]).cores[0]
+    assert (hw.state, hw.error, hw.pc) == (gold.state, gold.error, gold.pc)
+    assert hw.error == code
