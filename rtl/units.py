@@ -602,7 +602,8 @@ class ExecuteUnit(wiring.Component):
 
         # Activation engine, issue stage: pick the first of the next `lookahead` lines that is
         # not skipped, read it; step over the skipped ones.
-        a_left = Signal(16)
+        # Rows left; the dispatch checks bound a MATMUL's rows by both memories.
+        a_left = Signal(range(min(cfg.sp_lines, cfg.acc_rows) + 1))
         a_addr = Signal(len(self.sp_a.addr))
         a_acc = Signal(ceil_log2(cfg.acc_rows))
         a_accumulate = Signal()
@@ -806,16 +807,17 @@ class StoreUnit(wiring.Component):
 
         ins = Signal(Instruction)
         st = ins.body.store
-        nbytes = Signal(16)
-        beats_per_row = Signal(16)
+        # As wide as the dispatch checks (cols <= config.cols, rows <= acc_rows) allow.
+        nbytes = Signal(range(4 * C + 1))
+        beats_per_row = Signal(range(row_beats_max + 1))
         m.d.comb += [
             nbytes.eq(Mux(st.raw, st.cols << 2, st.cols)),
             beats_per_row.eq((nbytes + (B - 1)) >> exact_log2(B)),
         ]
 
         running = Signal()
-        rows_issued = Signal(16)
-        rows_done = Signal(16)
+        rows_issued = Signal(range(cfg.acc_rows + 1))
+        rows_done = Signal(range(cfg.acc_rows + 1))
         in_flight = Signal(range(self.row_queue + 1))
         outstanding_b = Signal(16)
 
@@ -872,7 +874,7 @@ class StoreUnit(wiring.Component):
         ]
 
         # Data channel.
-        w_beat = Signal(16)
+        w_beat = Signal(range(row_beats_max + 1))
         w_in_burst = Signal(8)
         for j in range(B):
             m.d.comb += self.bus.wstrb[j].eq((w_beat << exact_log2(B)) + j < nbytes)
