@@ -74,6 +74,9 @@ class NPUConfig:
         Requantise one channel at a time by shifting and adding, without multipliers (about
         40 to 100 cycles per channel; see ``rtl/requant.py``), for the smallest FPGAs.
         ``requant_lanes`` must then be None.
+    load_queue_depth : int
+        LOAD / LOADP instructions whose data may still be arriving when the next one issues
+        its reads, 1..64.
     store_queue_depth : int
         Rows the store unit reads and requantises ahead of their bus writes, 1..64 (its
         queue of burst lengths holds twice as many bursts).
@@ -85,8 +88,8 @@ class NPUConfig:
         at ``2**counter_width`` (its register reads zeros above).
 
     ``fetch_depth``, ``unit_queue_depth``, ``requant_lanes``, ``requant_sequential``,
-    ``store_queue_depth`` and ``zero_lookahead`` change only the timing (cycle counts), never
-    a result.
+    ``load_queue_depth``, ``store_queue_depth`` and ``zero_lookahead`` change only the timing
+    (cycle counts), never a result.
     """
 
     rows: int = 8
@@ -103,6 +106,7 @@ class NPUConfig:
     unit_queue_depth: int = 4
     requant_lanes: int | None = None
     requant_sequential: bool = False
+    load_queue_depth: int = 4
     store_queue_depth: int = 4
     zero_lookahead: int = 4
     counter_width: int = 32
@@ -160,6 +164,7 @@ class NPUConfig:
         if self.requant_sequential and self.requant_lanes is not None:
             raise ValueError(f"A sequential requantiser has no lanes: requant_lanes must be "
                              f"None, not {self.requant_lanes}")
+        _check_positive_int("Load queue depth", self.load_queue_depth, maximum=64)
         _check_positive_int("Store queue depth", self.store_queue_depth, maximum=64)
         _check_positive_int("Zero lookahead", self.zero_lookahead, maximum=8)
         _check_positive_int("Counter width", self.counter_width, maximum=32)

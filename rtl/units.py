@@ -335,15 +335,15 @@ class LoadUnit(wiring.Component):
 
     Address bursts are issued back to back while data returns (reads are pipelined), also
     across instructions: the next instruction issues its addresses while the data of up to
-    ``DESCRIPTORS`` earlier ones is still arriving, so the memory's latency is paid once per
+    ``descriptors`` (``config.load_queue_depth``) earlier ones is still arriving, so the
+    memory's latency is paid once per
     stream, not once per instruction. Each returned beat is written the cycle it arrives.
     """
-
-    DESCRIPTORS = 4
 
     def __init__(self, config):
         _check_config(config)
         self._config = config
+        self.descriptors = config.load_queue_depth
         L = config.line_bytes
         super().__init__({
             "cmd": In(stream.Signature(Instruction)),
@@ -387,7 +387,7 @@ class LoadUnit(wiring.Component):
             "slot": unsigned(ceil_log2(cfg.param_slots)), "push_prev": 1, "push_next": 1,
         })
         m.submodules.descs = descs = SyncFIFOBuffered(width=desc_layout.size,
-                                                      depth=self.DESCRIPTORS)
+                                                      depth=self.descriptors)
         d = data.View(desc_layout, descs.r_data)
         r_row = Signal(range(cfg.sp_lines))
         r_beat = Signal(max_beats)

@@ -76,6 +76,7 @@ def test_requantiser_lanes_default_to_one_row_per_cycle():
 
 
 @pytest.mark.parametrize("kwargs,exc,message", [
+    ({"load_queue_depth": 0}, ValueError, "Load queue depth must be a positive integer, not 0"),
     ({"store_queue_depth": 0}, ValueError,
      "Store queue depth must be a positive integer, not 0"),
     ({"store_queue_depth": 65}, ValueError, "Store queue depth must be at most 64, not 65"),

@@ -113,10 +113,11 @@ def test_small_board_config_gemm_matches_numpy_and_golden(raw):
 
 
 # The smallest options on top of SMALL (the iCEBreaker's, but for 8-bit counters): no
-# instruction prefetched ahead, the sequential requantiser, one row between it and the bus,
-# one line of zero lookahead.
+# instruction prefetched ahead, the sequential requantiser, one LOAD in flight, one row
+# between the requantiser and the bus, one line of zero lookahead.
 TINY = dataclasses.replace(SMALL, fetch_depth=1, requant_lanes=None, requant_sequential=True,
-                           store_queue_depth=1, zero_lookahead=1, counter_width=8)
+                           load_queue_depth=1, store_queue_depth=1, zero_lookahead=1,
+                           counter_width=8)
 
 
 @pytest.mark.parametrize("raw", [True, False])
