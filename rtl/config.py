@@ -80,6 +80,12 @@ class NPUConfig:
     store_queue_depth : int
         Rows the store unit reads and requantises ahead of their bus writes, 1..64 (its
         queue of burst lengths holds twice as many bursts).
+    zero_skip : bool
+        Skip the all-zero activation lines of accumulating MATMULs (the sparse unit's
+        zero skipping; see docs/architecture.md). False drops the zero flags and the skipping
+        logic: the lines are multiplied instead (more cycles, the same results), so
+        ``passes_skipped`` stays 0 and their MACs count in ``macs`` (and, as zero operands,
+        in ``macs_skipped``).
     zero_lookahead : int
         Scratchpad lines the execute unit looks at per cycle to skip all-zero lines of an
         accumulating MATMUL, 1..8: it passes over at most that many zero lines per cycle.
@@ -108,6 +114,7 @@ class NPUConfig:
     requant_sequential: bool = False
     load_queue_depth: int = 4
     store_queue_depth: int = 4
+    zero_skip: bool = True
     zero_lookahead: int = 4
     counter_width: int = 32
     # Widths of the datapath; fixed by the INT8 design, kept here so that no constant is
@@ -166,6 +173,8 @@ class NPUConfig:
                              f"None, not {self.requant_lanes}")
         _check_positive_int("Load queue depth", self.load_queue_depth, maximum=64)
         _check_positive_int("Store queue depth", self.store_queue_depth, maximum=64)
+        if not isinstance(self.zero_skip, bool):
+            raise TypeError(f"Zero skipping must be True or False, not {self.zero_skip!r}")
         _check_positive_int("Zero lookahead", self.zero_lookahead, maximum=8)
         _check_positive_int("Counter width", self.counter_width, maximum=32)
         if self.rounding not in ROUNDING_MODES:

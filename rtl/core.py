@@ -50,6 +50,7 @@ class NPUCore(wiring.Component):
     Attributes
     ----------
     scratchpad, accumulator, params, zflags : Memory
+        (``zflags`` is None without ``config.zero_skip``.)
         The memories, for tests to peek.
     fetch, load, execute, store : the units.
     """
@@ -64,7 +65,9 @@ class NPUCore(wiring.Component):
         self.accumulator = Memory(shape=data.ArrayLayout(32, config.cols),
                                   depth=config.acc_rows, init=[])
         self.params = Memory(shape=ParamWords(config), depth=config.param_slots, init=[])
-        self.zflags = Memory(shape=config.sparse_group, depth=config.sp_lines, init=[])
+        # Without zero skipping there are no zero flags to keep.
+        self.zflags = (Memory(shape=config.sparse_group, depth=config.sp_lines, init=[])
+                       if config.zero_skip else None)
         # The units, for tests and monitors to peek at.
         self.fetch = FetchUnit(config)
         self.load = LoadUnit(config)
@@ -146,11 +149,13 @@ class NPUCore(wiring.Component):
                      store.params_rd.data.eq(params_rd.data)]
         # Zero flags: written with each loaded line, read ahead asynchronously (small: one bit
         # per sub-block per line, distributed RAM on an FPGA).
-        m.submodules.zflags = self.zflags
-        wiring.connect(m, load.zflags, self.zflags.write_port())
-        for j in range(execute.lookahead):
-            port = self.zflags.read_port(domain="comb")
-            m.d.comb += [port.addr.eq(execute.zf_addr[j]), execute.zf_data[j].eq(port.data)]
+        if self.zflags is not None:
+            m.submodules.zflags = self.zflags
+            wiring.connect(m, load.zflags, self.zflags.write_port())
+            for j in range(execute.lookahead):
+                port = self.zflags.read_port(domain="comb")
+                m.d.comb += [port.addr.eq(execute.zf_addr[j]),
+                             execute.zf_data[j].eq(port.data)]
 
         # Token semaphores: load -> execute -> store and back.
         sems = {name: Signal(SEMAPHORE_BITS, name=f"sem_{name}")

@@ -627,7 +627,8 @@ class ExecuteUnit(wiring.Component):
         keep = Signal(W)          # candidate j must be issued
         for j in range(W):
             last = a_left == j + 1
-            skip = (a_accumulate & ((self.zf_data[j] & a_used) == a_used)
+            skip = (Const(cfg.zero_skip, 1) & a_accumulate
+                    & ((self.zf_data[j] & a_used) == a_used)
                     & ~(last & (a_push_prev | a_push_next)))
             m.d.comb += [
                 self.zf_addr[j].eq(a_addr + j),

@@ -407,7 +407,7 @@ class _Core:
         zero_blocks = np.ones(rows, bool)
         for g in used:
             zero_blocks &= ~lines[:, g * R:(g + 1) * R].any(axis=1)
-        skipped = zero_blocks & bool(f["accumulate"])
+        skipped = zero_blocks & (bool(f["accumulate"]) and cfg.zero_skip)
         if instr.deps & {"push_prev", "push_next"}:
             skipped[-1] = False
         product = x @ self.weights.astype(np.int64)

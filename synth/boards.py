@@ -89,7 +89,7 @@ BOARDS = {
         defaults={"bus_width": 32, "scratchpad_bytes": 256, "acc_rows": 64,
                   "param_slots": 1, "fetch_depth": 1, "unit_queue_depth": 1,
                   "requant_sequential": True, "load_queue_depth": 1,
-                  "store_queue_depth": 1, "zero_lookahead": 1,
+                  "store_queue_depth": 1, "zero_skip": False, "zero_lookahead": 1,
                   "counter_width": 16, "mem_bytes": 65536},
         dsp_cell="ICESTORM_DSP", dsp_count=8,
         lut_cell="ICESTORM_LC", ff_cell="ICESTORM_LC",

@@ -420,3 +420,27 @@ def test_field_bounds_at_the_edges_match_the_golden_model(name):
     gold = GoldenBackend(SMALL).run(memory, [0]).cores[0]
     assert (hw.state, hw.error, hw.pc) == (gold.state, gold.error, gold.pc)
     assert hw.error == code
+
+
+
+def test_without_zero_skipping_zero_lines_are_multiplied_with_the_same_results():
+    # The iCEBreaker drops the zero flags: the same GEMM, no pass skipped, the skipped
+    # passes' MACs counted as issued (and as zero-operand MACs, as before).
+    config = dataclasses.replace(TINY, zero_skip=False, counter_width=32)
+    skipping = dataclasses.replace(config, zero_skip=True)
+    rng = np.random.default_rng(12)
+    a, b = random_int8(rng, (9, 20)), random_int8(rng, (20, 5))
+    a[2:7, 8:] = 0
+    image = build_gemm_image(config, a, b, raw=True)
+    hw, gold = run_both(config, image)
+    assert hw.cores[0].state == CoreState.DONE
+    np.testing.assert_array_equal(image.read_output(hw.memory), a.astype(np.int64) @ b)
+    np.testing.assert_array_equal(hw.memory, gold.memory)
+    skipped = GoldenBackend(skipping).run(image.memory, image.starts).cores[0].counters
+    h, g = hw.cores[0].counters, gold.cores[0].counters
+    for name in ("macs", "dma_read_bytes", "dma_write_bytes", "macs_skipped",
+                 "passes_skipped"):
+        assert h[name] == g[name]
+    assert h["passes_skipped"] == 0 and skipped["passes_skipped"] > 0
+    assert h["macs"] == skipped["macs"] + skipped["passes_skipped"] * 4
+    assert h["macs_skipped"] == skipped["macs_skipped"]
