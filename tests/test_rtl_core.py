@@ -14,6 +14,7 @@ from npu.rtl.isa import CoreState, ErrorCode, Opcode
 from npu.sim.amaranth_backend import AmaranthBackend
 from npu.sim.backend import NPUTimeout
 from npu.sim.golden_backend import GoldenBackend
+from npu.synth.boards import board_config
 
 
 def random_int8(rng, shape):
@@ -444,3 +445,27 @@ def test_without_zero_skipping_zero_lines_are_multiplied_with_the_same_results()
     assert h["passes_skipped"] == 0 and skipped["passes_skipped"] > 0
     assert h["macs"] == skipped["macs"] + skipped["passes_skipped"] * 4
     assert h["macs_skipped"] == skipped["macs_skipped"]
+
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_icebreaker_board_config_gemm_matches_numpy_and_golden(raw):
+    # Exactly what `python -m npu.synth.build --board icebreaker --rows 2 --cols 2` builds.
+    config, _ = board_config("icebreaker", cores=1, rows=2, cols=2)
+    rng = np.random.default_rng(21)
+    a, b = random_int8(rng, (7, 12)), random_int8(rng, (12, 3))
+    a[1:4, 4:] = 0
+    params = dict(bias=rng.integers(-3000, 3000, 3),
+                  multiplier=rng.integers(1 << 28, 1 << 31, 3), shift=rng.integers(-8, 2, 3),
+                  zero_point=1, act_min=-128, act_max=127)
+    image = build_gemm_image(config, a, b, raw=raw, params=None if raw else params)
+    hw, gold = run_both(config, image)
+    assert hw.cores[0].state == CoreState.DONE
+    acc = a.astype(np.int64) @ b
+    expected = acc if raw else requantize(acc, params["bias"], params["multiplier"],
+                                          params["shift"], 1, -128, 127)
+    np.testing.assert_array_equal(image.read_output(hw.memory), expected)
+    np.testing.assert_array_equal(hw.memory, gold.memory)
+    for name in ("macs", "dma_read_bytes", "dma_write_bytes", "macs_skipped",
+                 "passes_skipped"):
+        assert hw.cores[0].counters[name] == gold.cores[0].counters[name]
