@@ -365,15 +365,14 @@ class SequentialRequantiser(wiring.Component):
             m.d.sync += self.o.valid.eq(0)
 
         with m.FSM(name="requant"):
-            with m.State("IDLE"):
-                with m.If(self.i.valid & ~self.o.valid):
-                    m.d.sync += [lo.eq((acc + bias)[:32]), hi.eq(2**30 if double else 0)]
-                    if double:
-                        m.d.sync += count.eq(Mux(shift > 0, shift, 0)[:5])
-                        m.next = "LEFT"
-                    else:
-                        m.d.sync += count.eq(31)
-                        m.next = "MUL"
+            with m.State("IDLE"), m.If(self.i.valid & ~self.o.valid):
+                m.d.sync += [lo.eq((acc + bias)[:32]), hi.eq(2**30 if double else 0)]
+                if double:
+                    m.d.sync += count.eq(Mux(shift > 0, shift, 0)[:5])
+                    m.next = "LEFT"
+                else:
+                    m.d.sync += count.eq(31)
+                    m.next = "MUL"
             if double:
                 with m.State("LEFT"):
                     with m.If(count != 0):

@@ -126,9 +126,10 @@ def test_tiny_options_match_numpy_and_golden_and_counters_wrap(raw):
     rng = np.random.default_rng(12)
     a, b = random_int8(rng, (9, 20)), random_int8(rng, (20, 5))
     a[2:7, 8:] = 0          # zero lines in the accumulating K-groups: passes are skipped
-    params = dict(bias=rng.integers(-3000, 3000, 5),
-                  multiplier=rng.integers(1 << 28, 1 << 31, 5), shift=rng.integers(-8, 2, 5),
-                  zero_point=-2, act_min=-128, act_max=100)
+    params = {"bias": rng.integers(-3000, 3000, 5),
+              "multiplier": rng.integers(1 << 28, 1 << 31, 5),
+              "shift": rng.integers(-8, 2, 5), "zero_point": -2, "act_min": -128,
+              "act_max": 100}
     image = build_gemm_image(TINY, a, b, raw=raw, params=None if raw else params)
     hw, gold = run_both(TINY, image)
     assert all(c.state == CoreState.DONE for c in hw.cores)
@@ -455,9 +456,10 @@ def test_icebreaker_board_config_gemm_matches_numpy_and_golden(raw):
     rng = np.random.default_rng(21)
     a, b = random_int8(rng, (7, 12)), random_int8(rng, (12, 3))
     a[1:4, 4:] = 0
-    params = dict(bias=rng.integers(-3000, 3000, 3),
-                  multiplier=rng.integers(1 << 28, 1 << 31, 3), shift=rng.integers(-8, 2, 3),
-                  zero_point=1, act_min=-128, act_max=127)
+    params = {"bias": rng.integers(-3000, 3000, 3),
+              "multiplier": rng.integers(1 << 28, 1 << 31, 3),
+              "shift": rng.integers(-8, 2, 3), "zero_point": 1, "act_min": -128,
+              "act_max": 127}
     image = build_gemm_image(config, a, b, raw=raw, params=None if raw else params)
     hw, gold = run_both(config, image)
     assert hw.cores[0].state == CoreState.DONE
