@@ -67,7 +67,9 @@ def register_table():
                 (rm.WIN_BASE, "WIN_BASE", "RW", "lowest byte address the core may access"),
                 (rm.WIN_LIMIT, "WIN_LIMIT", "RW", "first byte address above the window"),
                 (rm.PC, "PC", "R", "instruction being dispatched (the faulting one on error)")]
-    per_core += [(rm.COUNTER_BASE + 4 * k, name.upper(), "R", "counter (32 bits, wraps)")
+    per_core += [(rm.COUNTER_BASE + 4 * k, name.upper(), "R",
+                  "counter (32 bits, wraps)" if name == "cycles"
+                  else "counter (`counter_width` bits, 32 by default; wraps)")
                  for k, name in enumerate(COUNTERS)]
     for off, name, acc, meaning in per_core:
         lines.append(f"| 0x{rm.CORE_BASE:03x} + 0x{rm.CORE_STRIDE:02x}·i + 0x{off:02x} | "

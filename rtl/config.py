@@ -70,8 +70,32 @@ class NPUConfig:
         (the default) means ``cols``: a whole accumulator row per cycle. Fewer lanes take
         ``cols / requant_lanes`` cycles per row and need proportionally fewer multipliers
         (four 17x17 partial products per lane).
+    requant_sequential : bool
+        Requantise one channel at a time by shifting and adding, without multipliers (about
+        40 to 100 cycles per channel; see ``rtl/requant.py``), for the smallest FPGAs.
+        ``requant_lanes`` must then be None.
+    load_queue_depth : int
+        LOAD / LOADP instructions whose data may still be arriving when the next one issues
+        its reads, 1..64.
+    store_queue_depth : int
+        Rows the store unit reads and requantises ahead of their bus writes, 1..64 (its
+        queue of burst lengths holds twice as many bursts).
+    zero_skip : bool
+        Skip the all-zero activation lines of accumulating MATMULs (the sparse unit's
+        zero skipping; see docs/architecture.md). False drops the zero flags and the skipping
+        logic: the lines are multiplied instead (more cycles, the same results), so
+        ``passes_skipped`` stays 0 and their MACs count in ``macs`` (and, as zero operands,
+        in ``macs_skipped``).
+    zero_lookahead : int
+        Scratchpad lines the execute unit looks at per cycle to skip all-zero lines of an
+        accumulating MATMUL, 1..8: it passes over at most that many zero lines per cycle.
+    counter_width : int
+        Bits of each performance counter but ``cycles`` (always 32), 1..32; a counter wraps
+        at ``2**counter_width`` (its register reads zeros above).
 
-    The last three change only the timing (cycle counts), never a result.
+    ``fetch_depth``, ``unit_queue_depth``, ``requant_lanes``, ``requant_sequential``,
+    ``load_queue_depth``, ``store_queue_depth`` and ``zero_lookahead`` change only the timing
+    (cycle counts), never a result.
     """
 
     rows: int = 8
@@ -87,6 +111,12 @@ class NPUConfig:
     fetch_depth: int = 8
     unit_queue_depth: int = 4
     requant_lanes: int | None = None
+    requant_sequential: bool = False
+    load_queue_depth: int = 4
+    store_queue_depth: int = 4
+    zero_skip: bool = True
+    zero_lookahead: int = 4
+    counter_width: int = 32
     # Widths of the datapath; fixed by the INT8 design, kept here so that no constant is
     # repeated elsewhere.
     in_width: int = field(default=8, init=False)
@@ -135,6 +165,18 @@ class NPUConfig:
                 raise ValueError(
                     f"Requantiser lanes must divide the array columns ({self.cols}), "
                     f"not {self.requant_lanes}")
+        if not isinstance(self.requant_sequential, bool):
+            raise TypeError(f"Sequential requantiser must be True or False, not "
+                            f"{self.requant_sequential!r}")
+        if self.requant_sequential and self.requant_lanes is not None:
+            raise ValueError(f"A sequential requantiser has no lanes: requant_lanes must be "
+                             f"None, not {self.requant_lanes}")
+        _check_positive_int("Load queue depth", self.load_queue_depth, maximum=64)
+        _check_positive_int("Store queue depth", self.store_queue_depth, maximum=64)
+        if not isinstance(self.zero_skip, bool):
+            raise TypeError(f"Zero skipping must be True or False, not {self.zero_skip!r}")
+        _check_positive_int("Zero lookahead", self.zero_lookahead, maximum=8)
+        _check_positive_int("Counter width", self.counter_width, maximum=32)
         if self.rounding not in ROUNDING_MODES:
             raise ValueError(
                 f"Rounding mode must be 'double' or 'single', not {self.rounding!r}")
@@ -166,6 +208,13 @@ class NPUConfig:
     def requant_groups(self):
         """Cycles the requantiser takes per accumulator row: ``cols / requant_lanes``."""
         return 1 if self.requant_lanes is None else self.cols // self.requant_lanes
+
+    @property
+    def window_bits(self):
+        """Width of a core's program counter and DMA window registers: 32, or
+        ``addr_width + 1`` for a narrower bus (the window is then clipped to the
+        ``2**addr_width`` bytes the bus reaches, so its limit can be ``2**addr_width``)."""
+        return min(32, self.addr_width + 1)
 
     @property
     def bus_bytes(self):

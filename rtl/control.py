@@ -10,7 +10,8 @@ from .isa import CoreState, ErrorCode
 
 __all__ = ["COUNTERS", "CounterLayout", "CoreControlSignature", "RegisterMap", "NPU_ID"]
 
-#: Performance counters of one core, 32 bits each (they wrap), in register order.
+#: Performance counters of one core, in register order. Each wraps: ``cycles`` at 32 bits,
+#: the others at ``NPUConfig.counter_width`` (32 by default); the registers are 32 bits.
 COUNTERS = (
     "cycles",            # cycles from start to done / error
     "array_busy",        # cycles a vector entered the systolic array

@@ -3,7 +3,7 @@
 See docs/architecture.md for the block diagram and the cycle model.
 """
 
-from amaranth import Cat, Module, Mux, ResetInserter, Signal
+from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -50,6 +50,7 @@ class NPUCore(wiring.Component):
     Attributes
     ----------
     scratchpad, accumulator, params, zflags : Memory
+        (``zflags`` is None without ``config.zero_skip``.)
         The memories, for tests to peek.
     fetch, load, execute, store : the units.
     """
@@ -64,7 +65,9 @@ class NPUCore(wiring.Component):
         self.accumulator = Memory(shape=data.ArrayLayout(32, config.cols),
                                   depth=config.acc_rows, init=[])
         self.params = Memory(shape=ParamWords(config), depth=config.param_slots, init=[])
-        self.zflags = Memory(shape=config.sparse_group, depth=config.sp_lines, init=[])
+        # Without zero skipping there are no zero flags to keep.
+        self.zflags = (Memory(shape=config.sparse_group, depth=config.sp_lines, init=[])
+                       if config.zero_skip else None)
         # The units, for tests and monitors to peek at.
         self.fetch = FetchUnit(config)
         self.load = LoadUnit(config)
@@ -83,9 +86,18 @@ class NPUCore(wiring.Component):
 
         state = Signal(CoreState)
         error = Signal(ErrorCode)
-        pc = Signal(32)
-        win_base = Signal(32)
-        win_limit = Signal(32)
+        # `window_bits` wide: with a narrow bus, addresses past its 2**addr_width bytes are
+        # clipped to 2**addr_width (keeping an address's alignment), so that the window never
+        # reaches past the bus and a program there faults instead of wrapping around.
+        pc = Signal(cfg.window_bits)
+        win_base = Signal(cfg.window_bits)
+        win_limit = Signal(cfg.window_bits)
+
+        def clip(value, keep=0):
+            if cfg.window_bits == 32:
+                return value
+            aw = cfg.addr_width
+            return Mux(value[aw:] != 0, (1 << aw) | value[:keep], value[:aw])
         restart = Signal()
         m.d.comb += [
             restart.eq(self.ctrl.start & (state != CoreState.BUSY)),
@@ -137,11 +149,13 @@ class NPUCore(wiring.Component):
                      store.params_rd.data.eq(params_rd.data)]
         # Zero flags: written with each loaded line, read ahead asynchronously (small: one bit
         # per sub-block per line, distributed RAM on an FPGA).
-        m.submodules.zflags = self.zflags
-        wiring.connect(m, load.zflags, self.zflags.write_port())
-        for j in range(ExecuteUnit.LOOKAHEAD):
-            port = self.zflags.read_port(domain="comb")
-            m.d.comb += [port.addr.eq(execute.zf_addr[j]), execute.zf_data[j].eq(port.data)]
+        if self.zflags is not None:
+            m.submodules.zflags = self.zflags
+            wiring.connect(m, load.zflags, self.zflags.write_port())
+            for j in range(execute.lookahead):
+                port = self.zflags.read_port(domain="comb")
+                m.d.comb += [port.addr.eq(execute.zf_addr[j]),
+                             execute.zf_data[j].eq(port.data)]
 
         # Token semaphores: load -> execute -> store and back.
         sems = {name: Signal(SEMAPHORE_BITS, name=f"sem_{name}")
@@ -252,8 +266,10 @@ class NPUCore(wiring.Component):
             with m.State("STOPPED"):
                 with m.If(restart):
                     m.d.sync += [
-                        win_base.eq(self.ctrl.win_base), win_limit.eq(self.ctrl.win_limit),
-                        pc.eq(self.ctrl.prog_addr), error.eq(ErrorCode.NONE),
+                        win_base.eq(clip(self.ctrl.win_base)),
+                        win_limit.eq(clip(self.ctrl.win_limit)),
+                        pc.eq(clip(self.ctrl.prog_addr, keep=exact_log2(INSTR_BYTES))),
+                        error.eq(ErrorCode.NONE),
                         halting.eq(0), bus_error.eq(0),
                     ]
                     m.d.sync += state.eq(CoreState.BUSY)
@@ -346,7 +362,11 @@ class NPUCore(wiring.Component):
             "passes_skipped": execute.skipped,
         }
         for name, inc in increments.items():
-            counter = getattr(counters, name)
+            # Event counters have `counter_width` bits, wrapping there (the register reads
+            # zeros above); `cycles` keeps 32, so that a host can budget a run by it.
+            width = 32 if name == "cycles" else cfg.counter_width
+            counter = Signal(width, name=f"counter_{name}")
+            m.d.comb += getattr(counters, name).eq(counter)
             with m.If(restart):
                 m.d.sync += counter.eq(0)
             with m.Elif(busy):
@@ -374,11 +394,24 @@ class _Checker:
 
         fields_ok = Signal()
         aligned = Signal()
-        first = Signal(33)
-        last_row = Signal(64)    # address of the last row
+        first = Signal(32)
         row_extent = Signal(16)  # bytes touched per row, beat-rounded
         dma = Signal()
         sp_lines, acc_rows = cfg.sp_lines, cfg.acc_rows
+
+        # Field bounds on only the bits a value within the bound can have (the same results
+        # as the full-width sums, in a fraction of the logic).
+        def at_most(value, limit):
+            if limit < 0:
+                return Const(0, 1)
+            n = limit.bit_length()
+            high = value[n:].any() if len(value) > n else Const(0, 1)
+            return ~high & (value[:n] <= limit)
+
+        def sum_at_most(a, b, limit):
+            n = limit.bit_length()
+            high = Cat(a[n:], b[n:]).any() if max(len(a), len(b)) > n else Const(0, 1)
+            return ~high & (a[:n] + b[:n] <= limit)
 
         def beats_bytes(nbytes):
             return ((nbytes + (B - 1)) >> low) << low
@@ -387,44 +420,54 @@ class _Checker:
         # passed, when rows - 1 < max(scratchpad lines, accumulator rows): no wider factor.
         is_store = ins.op == Opcode.STORE
         rows_m1 = Signal(ceil_log2(max(sp_lines, acc_rows)))
+        strided = Signal()       # LOAD and STORE: rows `stride` apart
         m.d.comb += rows_m1.eq(Mux(is_store, st.rows, ld.rows) - 1)
-        span = rows_m1 * Mux(is_store, st.stride, ld.stride)
+        stride = Mux(is_store, st.stride, ld.stride)
+        # The window lies below 2**window_bits: an address bit, or a stride bit with a second
+        # row, at or above `window_bits` puts the transfer outside it; the arithmetic needs
+        # only the bits below (all of them with a 32-bit bus).
+        aw = cfg.window_bits
+        sw = min(len(stride), aw)
+        far = Signal()
+        m.d.comb += far.eq((first[aw:] != 0 if aw < 32 else 0)
+                           | ((stride[sw:] != 0) & (rows_m1 != 0) & strided
+                              if sw < len(stride) else 0))
+        span = rows_m1 * stride[:sw]
+        last_row = first[:aw] + Mux(strided, span, 0)    # address of the last row
 
         with m.Switch(ins.op):
             with m.Case(Opcode.LOAD):
                 m.d.comb += [
-                    fields_ok.eq((ld.rows != 0) & (ld.sp_addr + ld.rows <= sp_lines)
+                    fields_ok.eq((ld.rows != 0) & sum_at_most(ld.sp_addr, ld.rows, sp_lines)
                                  & (ld.row_bytes != 0) & (ld.row_bytes <= cfg.line_bytes)
                                  & ~d.pop_prev & ~d.push_prev),
                     aligned.eq((ld.addr[:low] == 0) & (ld.stride[:low] == 0)),
-                    dma.eq(1), first.eq(ld.addr),
-                    last_row.eq(ld.addr + span),
+                    dma.eq(1), first.eq(ld.addr), strided.eq(1),
                     row_extent.eq(beats_bytes(ld.row_bytes)),
                 ]
             with m.Case(Opcode.LOADP):
                 m.d.comb += [
                     fields_ok.eq((lp.slot < cfg.param_slots) & ~d.pop_prev & ~d.push_prev),
                     aligned.eq(lp.addr[:low] == 0),
-                    dma.eq(1), first.eq(lp.addr), last_row.eq(lp.addr),
+                    dma.eq(1), first.eq(lp.addr),
                     row_extent.eq(-(-param_slot_bytes(cfg.cols) // B) * B),
                 ]
             with m.Case(Opcode.LOADW):
-                m.d.comb += [fields_ok.eq(lw.sp_addr + cfg.rows < sp_lines), aligned.eq(1)]
+                m.d.comb += [fields_ok.eq(at_most(lw.sp_addr, sp_lines - 1 - cfg.rows)), aligned.eq(1)]
             with m.Case(Opcode.MATMUL):
                 m.d.comb += [
-                    fields_ok.eq((mm.rows != 0) & (mm.sp_addr + mm.rows <= sp_lines)
-                                 & (mm.acc_addr + mm.rows <= acc_rows)
-                                 & (~mm.load_weights | (mm.w_sp_addr + cfg.rows < sp_lines))),
+                    fields_ok.eq((mm.rows != 0) & sum_at_most(mm.sp_addr, mm.rows, sp_lines)
+                                 & sum_at_most(mm.acc_addr, mm.rows, acc_rows)
+                                 & (~mm.load_weights | at_most(mm.w_sp_addr, sp_lines - 1 - cfg.rows))),
                     aligned.eq(1),
                 ]
             with m.Case(Opcode.STORE):
                 m.d.comb += [
-                    fields_ok.eq((st.rows != 0) & (st.acc_addr + st.rows <= acc_rows)
+                    fields_ok.eq((st.rows != 0) & sum_at_most(st.acc_addr, st.rows, acc_rows)
                                  & (st.cols != 0) & (st.cols <= cfg.cols)
                                  & (st.slot < cfg.param_slots) & ~d.pop_next & ~d.push_next),
                     aligned.eq((st.addr[:low] == 0) & (st.stride[:low] == 0)),
-                    dma.eq(1), first.eq(st.addr),
-                    last_row.eq(st.addr + span),
+                    dma.eq(1), first.eq(st.addr), strided.eq(1),
                     row_extent.eq(beats_bytes(Mux(st.raw, st.cols << 2, st.cols))),
                 ]
             with m.Case(Opcode.BARRIER, Opcode.END):
@@ -435,16 +478,18 @@ class _Checker:
         self.fields_ok = fields_ok
         self.aligned = aligned
 
-        self._first = first
-        self._end = Signal(65)
-        self._dma = dma
+        self._first = first[:aw]
         self._end_next = last_row + row_extent
+        self._end = Signal.like(self._end_next)
+        self._far = far
+        self._dma = dma
         self.inside = Signal()
-        self._first_r = Signal(33)
+        self._first_r = Signal(aw)
+        self._far_r = Signal()
         self._dma_r = Signal()
-        m.d.comb += self.inside.eq(~self._dma_r | ((self._first_r >= win_base)
+        m.d.comb += self.inside.eq(~self._dma_r | (~self._far_r & (self._first_r >= win_base)
                                                    & (self._end <= win_limit)))
 
     def register(self):
         return [self._end.eq(self._end_next), self._first_r.eq(self._first),
-                self._dma_r.eq(self._dma)]
+                self._far_r.eq(self._far), self._dma_r.eq(self._dma)]

@@ -26,7 +26,7 @@ from amaranth.lib.wiring import In, Out
 
 from .config import NPUConfig
 
-__all__ = ["Requantiser", "SerialRequantiser"]
+__all__ = ["Requantiser", "SequentialRequantiser", "SerialRequantiser"]
 
 _INT32_MAX = 2**31 - 1
 
@@ -293,4 +293,142 @@ class SerialRequantiser(wiring.Component):
                 for g in range(G - 1):
                     with m.Case(g):
                         m.d.sync += [held[g * K + k].eq(rq.o.payload[k]) for k in range(K)]
+        return m
+
+
+class SequentialRequantiser(wiring.Component):
+    """A whole row of ``config.cols`` channels, one channel at a time, with no multiplier: for
+    the smallest FPGAs (``config.requant_sequential``).
+
+    Same ports and results as ``Requantiser(config, lanes=config.cols)``; the row offered on
+    ``i`` must stay there until taken (the stream rule), as it is read channel by channel, and
+    is taken when its last channel is done, as the row is offered on ``o``. A new row starts
+    only once ``o`` has been taken. Per channel, one register ``P = hi * 2**32 + lo`` (65 bits)
+    does everything by shifting:
+
+    1. ``lo = wrap32(acc + bias)``, ``hi`` = SRDHM's nudge ``2**30`` (double) or 0;
+    2. double: ``lo <<= 1``, ``max(shift, 0)`` times (the wrapping left shift);
+    3. 32 shift-and-add steps: ``P = (P + lo[0] * ±M * 2**32) >> 1`` (``-M`` for the sign bit
+       of ``x``), which leave ``P = x * M + hi``;
+    4. double: ``P >>= 31`` (SRDHM; its one saturating case, ``INT32_MIN * INT32_MIN``, only
+       differs by one from the saturated value and is clamped to ``act_max`` either way),
+       then ``P >>= e`` with ``e = max(-shift, 0)``, rounding up when the last bit shifted out
+       is set and ``P >= 0`` or a bit before it was set (RoundingDivideByPOT); single:
+       ``P >>= 31 - shift``, rounding up when the last bit shifted out is set;
+    5. ``+ zero_point`` and the clamp, on 12 bits (a ``P`` outside 10 bits clamps to one end).
+
+    About ``40 + |shift|`` cycles per channel for double rounding, ``65 - shift`` for single.
+
+    Parameters
+    ----------
+    config : NPUConfig
+        ``cols`` and ``rounding``.
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, NPUConfig):
+            raise TypeError(
+                f"SequentialRequantiser config must be an NPUConfig, not {config!r}")
+        self._config = config
+        super().__init__({
+            "i": In(stream.Signature(Requantiser.input_layout(config.cols))),
+            "o": Out(stream.Signature(Requantiser.output_layout(config.cols))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        C = cfg.cols
+        double = cfg.rounding == "double"
+        p_in = self.i.payload
+
+        # The channel being requantised, read from the row on `i`.
+        ch = Signal(range(C))
+        acc, bias, mult = (Signal(signed(32), name=n) for n in ("acc", "bias", "mult"))
+        shift = Signal(signed(6))
+        with m.Switch(ch):
+            for c in range(C):
+                with m.Case(c):
+                    m.d.comb += [acc.eq(p_in.acc[c]), bias.eq(p_in.bias[c]),
+                                 mult.eq(p_in.multiplier[c]), shift.eq(p_in.shift[c])]
+
+        hi = Signal(signed(33))
+        lo = Signal(32)
+        count = Signal(range(65))
+        last_out = Signal()       # the last bit shifted out while rounding
+        sticky = Signal()         # any bit shifted out before it
+
+        def shift_right():
+            m.d.sync += [lo.eq(Cat(lo[1:], hi[0])), hi.eq(hi >> 1)]
+
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+
+        with m.FSM(name="requant"):
+            with m.State("IDLE"), m.If(self.i.valid & ~self.o.valid):
+                m.d.sync += [lo.eq((acc + bias)[:32]), hi.eq(2**30 if double else 0)]
+                if double:
+                    m.d.sync += count.eq(Mux(shift > 0, shift, 0)[:5])
+                    m.next = "LEFT"
+                else:
+                    m.d.sync += count.eq(31)
+                    m.next = "MUL"
+            if double:
+                with m.State("LEFT"):
+                    with m.If(count != 0):
+                        m.d.sync += [lo.eq(lo << 1), count.eq(count - 1)]
+                    with m.Else():
+                        m.d.sync += count.eq(31)
+                        m.next = "MUL"
+            with m.State("MUL"):
+                # Step k = 31 - count consumes bit k of x; bit 31 weighs -2**31.
+                addend = Mux(lo[0], Mux(count == 0, -mult, mult), 0)
+                total = Signal(signed(34))
+                m.d.comb += total.eq(hi + addend)
+                m.d.sync += [lo.eq(Cat(lo[1:], total[0])), hi.eq(total[1:]),
+                             count.eq(count - 1)]
+                with m.If(count == 0):
+                    if double:
+                        m.d.sync += count.eq(31)
+                        m.next = "SRDHM"
+                    else:
+                        m.d.sync += count.eq((31 - shift)[:7])
+                        m.next = "ROUND"
+                    m.d.sync += [last_out.eq(0), sticky.eq(0)]
+            if double:
+                with m.State("SRDHM"):
+                    shift_right()
+                    m.d.sync += count.eq(count - 1)
+                    with m.If(count == 1):
+                        m.d.sync += count.eq(Mux(shift < 0, -shift, 0)[:6])
+                        m.next = "ROUND"
+            with m.State("ROUND"):
+                with m.If(count != 0):
+                    shift_right()
+                    m.d.sync += [count.eq(count - 1), last_out.eq(lo[0]),
+                                 sticky.eq(sticky | last_out)]
+                with m.Else():
+                    m.next = "OUT"
+            with m.State("OUT"):
+                value = Cat(lo, hi).as_signed()
+                negative = hi[-1]
+                fits = Signal()
+                m.d.comb += fits.eq(~value[9:].any() | value[9:].all())
+                if double:
+                    up = last_out & (~negative | sticky)
+                else:
+                    up = last_out
+                v = Signal(signed(12))
+                m.d.comb += v.eq(Mux(fits, value[:10].as_signed() + up + p_in.zero_point,
+                                     Mux(negative, -1024, 1023)))
+                lo_c, hi_c = p_in.act_min, p_in.act_max
+                floored = Mux(v < lo_c, lo_c, v)
+                clamped = Mux(floored > hi_c, hi_c, floored)
+                m.d.sync += self.o.payload[ch].eq(clamped[:8])
+                with m.If(ch == C - 1):
+                    m.d.comb += self.i.ready.eq(1)
+                    m.d.sync += [self.o.valid.eq(1), ch.eq(0)]
+                with m.Else():
+                    m.d.sync += ch.eq(ch + 1)
+                m.next = "IDLE"
         return m

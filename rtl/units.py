@@ -15,7 +15,7 @@ from amaranth.utils import ceil_log2, exact_log2
 
 from .config import NPUConfig
 from .isa import INSTR_BITS, INSTR_BYTES, Instruction, Opcode, param_slot_bytes
-from .requant import Requantiser, SerialRequantiser
+from .requant import Requantiser, SequentialRequantiser, SerialRequantiser
 from .systolic import SystolicArray
 
 __all__ = ["FetchFault", "FetchUnit", "LoadUnit", "ExecuteUnit", "StoreUnit",
@@ -187,15 +187,17 @@ class FetchUnit(wiring.Component):
     It never reads outside the DMA window: at the first instruction that does not lie inside
     it, it queues an entry marked ``fault.window`` and stops. ``stop`` ends prefetching (the
     core is halting); ``inflight`` stays high until every read issued has returned. At most
-    ``config.fetch_depth`` instructions are queued or being read.
+    ``config.fetch_depth`` instructions are queued or being read. With a depth of 1 the
+    instruction is offered from the register its beats are shifted into (no read is issued
+    while it waits), with the timing of a one-entry queue.
     """
 
     def __init__(self, config):
         _check_config(config)
         self._config = config
         super().__init__({
-            "start": In(1), "stop": In(1), "pc0": In(32),
-            "win_base": In(32), "win_limit": In(32),
+            "start": In(1), "stop": In(1), "pc0": In(config.window_bits),
+            "win_base": In(config.window_bits), "win_limit": In(config.window_bits),
             "bus": Out(ReadManagerSignature(config)),
             "o": Out(stream.Signature(data.StructLayout({
                 "instr": INSTR_BITS, "fault": FetchFault}))),
@@ -207,15 +209,36 @@ class FetchUnit(wiring.Component):
         cfg = self._config
         beats = max(1, INSTR_BYTES // cfg.bus_bytes)
         depth = cfg.fetch_depth
-        m.submodules.queue = queue = SyncFIFOBuffered(
-            width=len(self.o.payload.as_value()), depth=depth)
-        m.d.comb += [
-            self.o.payload.eq(queue.r_data),
-            self.o.valid.eq(queue.r_rdy),
-            queue.r_en.eq(self.o.ready),
-        ]
+        # Beats arrive lowest address first: shift each in at the top.
+        buf = Signal(INSTR_BITS)
+        got = Signal(INSTR_BITS)
+        if depth == 1:
+            level = Signal()
+            fault = Signal(FetchFault)
+            m.d.comb += [
+                self.o.payload.instr.eq(buf),
+                self.o.payload.fault.eq(fault),
+                self.o.valid.eq(level),
+            ]
+            with m.If(self.o.valid & self.o.ready):
+                m.d.sync += level.eq(0)
+        else:
+            m.submodules.queue = queue = SyncFIFOBuffered(
+                width=len(self.o.payload.as_value()), depth=depth)
+            level = queue.level
+            m.d.comb += [
+                self.o.payload.eq(queue.r_data),
+                self.o.valid.eq(queue.r_rdy),
+                queue.r_en.eq(self.o.ready),
+            ]
 
-        addr = Signal(32)
+        def enqueue(instr, fault_value):
+            if depth == 1:
+                m.d.sync += [level.eq(1), fault.eq(fault_value), buf.eq(instr)]
+            else:
+                m.d.comb += [queue.w_en.eq(1), queue.w_data.eq(Cat(instr, fault_value))]
+
+        addr = Signal(cfg.window_bits)
         active = Signal()
         outstanding = Signal(range(depth + 1))
         m.d.comb += self.inflight.eq(outstanding != 0)
@@ -223,9 +246,9 @@ class FetchUnit(wiring.Component):
         inside = Signal()
         m.d.comb += inside.eq((addr >= self.win_base)
                               & (addr + INSTR_BYTES <= self.win_limit)
-                              & (addr <= 0xFFFF_FFFF - INSTR_BYTES))
+                              & (addr <= (1 << cfg.window_bits) - 1 - INSTR_BYTES))
         room = Signal()
-        m.d.comb += room.eq(queue.level + outstanding < depth)
+        m.d.comb += room.eq(level + outstanding < depth)
 
         issue = Signal()
         # An offered address stays offered until taken (AXI), even if the core stops
@@ -240,9 +263,6 @@ class FetchUnit(wiring.Component):
         ]
         m.d.sync += offered.eq(self.bus.arvalid & ~self.bus.arready)
 
-        # Beats arrive lowest address first: shift each in at the top.
-        buf = Signal(INSTR_BITS)
-        got = Signal(INSTR_BITS)
         m.d.comb += got.eq(Cat(buf, self.bus.rdata)[-INSTR_BITS:])
         bus_err = Signal()
         retire = Signal()
@@ -258,16 +278,9 @@ class FetchUnit(wiring.Component):
         m.d.comb += fault_entry.eq(active & ~self.stop & ~inside & (outstanding == 0) & room)
 
         with m.If(retire):
-            m.d.comb += [
-                queue.w_en.eq(1),
-                queue.w_data.eq(Cat(got, Const(0, 1),
-                                    bus_err | (self.bus.rresp != 0))),
-            ]
+            enqueue(got, Cat(Const(0, 1), bus_err | (self.bus.rresp != 0)))
         with m.Elif(fault_entry):
-            m.d.comb += [
-                queue.w_en.eq(1),
-                queue.w_data.eq(Cat(Const(0, INSTR_BITS), Const(1, 1), Const(0, 1))),
-            ]
+            enqueue(Const(0, INSTR_BITS), Cat(Const(1, 1), Const(0, 1)))
             m.d.sync += active.eq(0)
 
         m.d.sync += outstanding.eq(outstanding + issue - retire)
@@ -322,15 +335,15 @@ class LoadUnit(wiring.Component):
 
     Address bursts are issued back to back while data returns (reads are pipelined), also
     across instructions: the next instruction issues its addresses while the data of up to
-    ``DESCRIPTORS`` earlier ones is still arriving, so the memory's latency is paid once per
+    ``descriptors`` (``config.load_queue_depth``) earlier ones is still arriving, so the
+    memory's latency is paid once per
     stream, not once per instruction. Each returned beat is written the cycle it arrives.
     """
-
-    DESCRIPTORS = 4
 
     def __init__(self, config):
         _check_config(config)
         self._config = config
+        self.descriptors = config.load_queue_depth
         L = config.line_bytes
         super().__init__({
             "cmd": In(stream.Signature(Instruction)),
@@ -374,7 +387,7 @@ class LoadUnit(wiring.Component):
             "slot": unsigned(ceil_log2(cfg.param_slots)), "push_prev": 1, "push_next": 1,
         })
         m.submodules.descs = descs = SyncFIFOBuffered(width=desc_layout.size,
-                                                      depth=self.DESCRIPTORS)
+                                                      depth=self.descriptors)
         d = data.View(desc_layout, descs.r_data)
         r_row = Signal(range(cfg.sp_lines))
         r_beat = Signal(max_beats)
@@ -486,18 +499,18 @@ class ExecuteUnit(wiring.Component):
     Sparse unit: lane i of a vector is byte ``gather[i]`` of its scratchpad line, so a packed
     tile draws each row's activation from the K-row its weights belong to. When accumulating,
     a line whose gathered sub-blocks are all zero (per-line flags written by LOAD) is not issued;
-    the engine looks ``LOOKAHEAD`` lines ahead, so it can pass over that many zero lines per
+    the engine looks ``lookahead`` lines ahead, so it can pass over that many zero lines per
     cycle. Zero operands of the vectors it does issue are counted as gated MACs.
+    ``lookahead`` is ``config.zero_lookahead``.
     """
-
-    LOOKAHEAD = 4
 
     def __init__(self, config):
         _check_config(config)
         self._config = config
+        self.lookahead = config.zero_lookahead
         L = config.line_bytes
         G = config.sparse_group
-        W = self.LOOKAHEAD
+        W = self.lookahead
         sp_bits = ceil_log2(config.sp_lines)
         sp_sig = dict(addr_width=sp_bits, shape=data.ArrayLayout(8, L))
         acc_sig = dict(addr_width=ceil_log2(config.acc_rows),
@@ -509,7 +522,7 @@ class ExecuteUnit(wiring.Component):
             "late_push": Out(2),     # MATMUL pushes, when their data has moved
             "sp_w": In(ReadPort.Signature(**sp_sig)),
             "sp_a": In(ReadPort.Signature(**sp_sig)),
-            # Asynchronous reads of the zero flags of the next LOOKAHEAD lines.
+            # Asynchronous reads of the zero flags of the next `lookahead` lines.
             "zf_addr": Out(data.ArrayLayout(sp_bits, W)),
             "zf_data": In(data.ArrayLayout(G, W)),
             "acc_rd": In(ReadPort.Signature(**acc_sig)),
@@ -526,7 +539,7 @@ class ExecuteUnit(wiring.Component):
         cfg = self._config
         R, C, G, L = cfg.rows, cfg.cols, cfg.sparse_group, cfg.line_bytes
         GR = cfg.gather_bytes
-        W = self.LOOKAHEAD
+        W = self.lookahead
         m.submodules.array = array = SystolicArray(cfg, tag_shape=AccTag(cfg))
         m.d.comb += array.o.ready.eq(1)
 
@@ -587,9 +600,10 @@ class ExecuteUnit(wiring.Component):
         w_busy = Signal()
         m.d.comb += w_busy.eq((w_left != 0) | w_s1)
 
-        # Activation engine, issue stage: pick the first of the next LOOKAHEAD lines that is
+        # Activation engine, issue stage: pick the first of the next `lookahead` lines that is
         # not skipped, read it; step over the skipped ones.
-        a_left = Signal(16)
+        # Rows left; the dispatch checks bound a MATMUL's rows by both memories.
+        a_left = Signal(range(min(cfg.sp_lines, cfg.acc_rows) + 1))
         a_addr = Signal(len(self.sp_a.addr))
         a_acc = Signal(ceil_log2(cfg.acc_rows))
         a_accumulate = Signal()
@@ -613,7 +627,8 @@ class ExecuteUnit(wiring.Component):
         keep = Signal(W)          # candidate j must be issued
         for j in range(W):
             last = a_left == j + 1
-            skip = (a_accumulate & ((self.zf_data[j] & a_used) == a_used)
+            skip = (Const(cfg.zero_skip, 1) & a_accumulate
+                    & ((self.zf_data[j] & a_used) == a_used)
                     & ~(last & (a_push_prev | a_push_next)))
             m.d.comb += [
                 self.zf_addr[j].eq(a_addr + j),
@@ -749,14 +764,14 @@ class StoreUnit(wiring.Component):
 
     Rows are read one per cycle while a credit is free in the row queue, requantised in a
     fixed-latency pipeline, and written as one burst per row (cut at 4 KB boundaries) with byte
-    strobes for the ``cols`` lanes. Write data never precedes its address.
+    strobes for the ``cols`` lanes. Write data never precedes its address. ``row_queue`` is
+    ``config.store_queue_depth``.
     """
-
-    ROW_QUEUE = 4
 
     def __init__(self, config):
         _check_config(config)
         self._config = config
+        self.row_queue = config.store_queue_depth
         super().__init__({
             "cmd": In(stream.Signature(Instruction)),
             "abort": In(1),
@@ -780,28 +795,31 @@ class StoreUnit(wiring.Component):
         row_beats_max = -(-4 * C // B)
         row_bits = row_beats_max * B * 8
 
-        if cfg.requant_groups == 1:
+        if cfg.requant_sequential:
+            m.submodules.requant = rq = SequentialRequantiser(cfg)
+        elif cfg.requant_groups == 1:
             m.submodules.requant = rq = Requantiser(cfg, lanes=C)
         else:
             m.submodules.requant = rq = SerialRequantiser(cfg)
-        m.submodules.rows = rowq = SyncFIFOBuffered(width=row_bits, depth=self.ROW_QUEUE)
-        m.submodules.lens = lenq = SyncFIFOBuffered(width=8, depth=8)
+        m.submodules.rows = rowq = SyncFIFOBuffered(width=row_bits, depth=self.row_queue)
+        m.submodules.lens = lenq = SyncFIFOBuffered(width=8, depth=2 * self.row_queue)
         m.submodules.bursts = bursts = _BurstGenerator(cfg, max_rows=cfg.acc_rows,
                                                         max_beats=row_beats_max)
 
         ins = Signal(Instruction)
         st = ins.body.store
-        nbytes = Signal(16)
-        beats_per_row = Signal(16)
+        # As wide as the dispatch checks (cols <= config.cols, rows <= acc_rows) allow.
+        nbytes = Signal(range(4 * C + 1))
+        beats_per_row = Signal(range(row_beats_max + 1))
         m.d.comb += [
             nbytes.eq(Mux(st.raw, st.cols << 2, st.cols)),
             beats_per_row.eq((nbytes + (B - 1)) >> exact_log2(B)),
         ]
 
         running = Signal()
-        rows_issued = Signal(16)
-        rows_done = Signal(16)
-        in_flight = Signal(range(self.ROW_QUEUE + 1))
+        rows_issued = Signal(range(cfg.acc_rows + 1))
+        rows_done = Signal(range(cfg.acc_rows + 1))
+        in_flight = Signal(range(self.row_queue + 1))
         outstanding_b = Signal(16)
 
         # Accumulator read stage.
@@ -813,7 +831,7 @@ class StoreUnit(wiring.Component):
         issue = Signal()
         m.d.comb += [
             issue.eq(running & (rows_issued != st.rows)
-                     & (in_flight + rowq.level < self.ROW_QUEUE) & adv),
+                     & (in_flight + rowq.level < self.row_queue) & adv),
             self.acc_rd.addr.eq(st.acc_addr + rows_issued),
             self.acc_rd.en.eq(adv),
             self.params_rd.addr.eq(st.slot),
@@ -857,7 +875,7 @@ class StoreUnit(wiring.Component):
         ]
 
         # Data channel.
-        w_beat = Signal(16)
+        w_beat = Signal(range(row_beats_max + 1))
         w_in_burst = Signal(8)
         for j in range(B):
             m.d.comb += self.bus.wstrb[j].eq((w_beat << exact_log2(B)) + j < nbytes)

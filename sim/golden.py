@@ -407,7 +407,7 @@ class _Core:
         zero_blocks = np.ones(rows, bool)
         for g in used:
             zero_blocks &= ~lines[:, g * R:(g + 1) * R].any(axis=1)
-        skipped = zero_blocks & bool(f["accumulate"])
+        skipped = zero_blocks & (bool(f["accumulate"]) and cfg.zero_skip)
         if instr.deps & {"push_prev", "push_next"}:
             skipped[-1] = False
         product = x @ self.weights.astype(np.int64)
@@ -450,8 +450,10 @@ class _Core:
 
     def result(self):
         state = CoreState.DONE if self.phase == "done" else CoreState.ERROR
+        # The counters wrap at the configured width, as the gateware's do.
+        mask = (1 << self.cfg.counter_width) - 1
         return CoreResult(state=state, error=self.error, pc=self.pc,
-                          counters=dict(self.counters))
+                          counters={k: v & mask for k, v in self.counters.items()})
 
     def describe(self):
         waiting = {}

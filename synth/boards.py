@@ -82,12 +82,15 @@ BOARDS = {
         name="icebreaker", platform=ICEBreakerPlatform, family="ice40",
         clock_hz=12e6, board_clock_hz=12e6,
         # The memory goes to SPRAM (4 x 32 KB); the cores' own memories to the 30 BRAMs.
-        # Short queues and one requantiser lane: flip-flops and multipliers are what the
-        # UP5K lacks (5280 LUT4 + FF cells, 8 DSPs); dispatch takes 4 cycles per instruction
-        # and a stored row a bus write of several cycles anyway.
+        # Short queues, the sequential requantiser, no zero skipping and 8-bit event counters
+        # (cycles keeps 32 bits): logic cells are what the UP5K lacks most (5280 LUT4 + FF
+        # cells; this fits in ~5150); dispatch takes 4 cycles per instruction anyway, and the
+        # board is for trying the NPU out, not for its speed.
         defaults={"bus_width": 32, "scratchpad_bytes": 256, "acc_rows": 64,
-                  "param_slots": 1, "fetch_depth": 2, "unit_queue_depth": 1,
-                  "requant_lanes": 1, "mem_bytes": 65536},
+                  "param_slots": 1, "fetch_depth": 1, "unit_queue_depth": 1,
+                  "requant_sequential": True, "load_queue_depth": 1,
+                  "store_queue_depth": 1, "zero_skip": False, "zero_lookahead": 1,
+                  "counter_width": 8, "mem_bytes": 65536},
         dsp_cell="ICESTORM_DSP", dsp_count=8,
         lut_cell="ICESTORM_LC", ff_cell="ICESTORM_LC",
         ram_cells=("ICESTORM_RAM", "ICESTORM_SPRAM"),

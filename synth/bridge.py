@@ -104,7 +104,8 @@ class HostBridge(wiring.Component):
 
         cmd = Signal(8)
         args = Signal(64)
-        addr = Signal(32)
+        # Only the bits the two buses take (the rest would be dropped on the way out anyway).
+        addr = Signal(max(mem.signature.addr_width, len(csr.awaddr)))
         count = Signal(16)
         word = Signal(32)
         idx = Signal(range(8))

@@ -79,9 +79,15 @@ def pe_mult_choice(board, config, pe_mult="auto"):
         raise ValueError(f"pe_mult must be 'auto', 'dsp' or 'lut', not {pe_mult!r}")
     if pe_mult != "auto":
         return pe_mult
-    lanes = config.cols if config.requant_lanes is None else config.requant_lanes
-    requant = REQUANT_MULTS_PER_LANE * lanes * config.cores
+    requant = _requant_dsps(config)
     return "dsp" if requant + config.macs_per_cycle <= BOARDS[board].dsp_count else "lut"
+
+
+def _requant_dsps(config):
+    if config.requant_sequential:
+        return 0             # it shifts and adds
+    lanes = config.cols if config.requant_lanes is None else config.requant_lanes
+    return REQUANT_MULTS_PER_LANE * lanes * config.cores
 
 
 #: The scratchpad's read ports and the store unit's accumulator read port never read a row in
@@ -107,9 +113,13 @@ def _overrides(board, config, pe_mult, seed):
         booth += ["top.system.npu.core*.execute.array.pe_*"]
     if family == "ice40":
         # The few DSPs are for the requantisers and PEs (see pe_mult_choice); the small
-        # products of the dispatch checks and burst lengths go to LUTs.
-        booth += ["top.system.npu.core[0-9]", "top.system.npu.core[0-9].load.bursts",
+        # products of the burst lengths go to LUTs, and so does the dispatch check's last-row
+        # product unless a DSP per core is left over (in LUTs it costs ~350 cells).
+        booth += ["top.system.npu.core[0-9].load.bursts",
                   "top.system.npu.core[0-9].store.bursts"]
+        used = _requant_dsps(config) + (config.macs_per_cycle if pe_mult == "dsp" else 0)
+        if BOARDS[board].dsp_count - used < config.cores:
+            booth += ["top.system.npu.core[0-9]"]
     script = [f"booth {' '.join(booth)}"] if booth else []
     if family == "ice40":
         script.append(_NO_COLLISION)

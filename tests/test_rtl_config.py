@@ -73,3 +73,23 @@ def test_requantiser_lanes_default_to_one_row_per_cycle():
     assert NPUConfig().requant_lanes is None and NPUConfig().requant_groups == 1
     assert NPUConfig(cols=8, requant_lanes=2).requant_groups == 4
     assert NPUConfig(cols=8, requant_lanes=8).requant_groups == 1
+
+
+@pytest.mark.parametrize("kwargs,exc,message", [
+    ({"load_queue_depth": 0}, ValueError, "Load queue depth must be a positive integer, not 0"),
+    ({"store_queue_depth": 0}, ValueError,
+     "Store queue depth must be a positive integer, not 0"),
+    ({"store_queue_depth": 65}, ValueError, "Store queue depth must be at most 64, not 65"),
+    ({"zero_lookahead": 0}, ValueError, "Zero lookahead must be a positive integer, not 0"),
+    ({"zero_lookahead": 9}, ValueError, "Zero lookahead must be at most 8, not 9"),
+    ({"counter_width": 33}, ValueError, "Counter width must be at most 32, not 33"),
+    ({"counter_width": 16.0}, TypeError, "Counter width must be a positive integer, not 16.0"),
+    ({"zero_skip": "no"}, TypeError, "Zero skipping must be True or False, not 'no'"),
+    ({"requant_sequential": 1}, TypeError, "Sequential requantiser must be True or False, not 1"),
+    ({"requant_sequential": True, "requant_lanes": 2}, ValueError,
+     "A sequential requantiser has no lanes: requant_lanes must be None, not 2"),
+])
+def test_small_fpga_options_raise_exact_messages(kwargs, exc, message):
+    with pytest.raises(exc) as info:
+        NPUConfig(**kwargs)
+    assert str(info.value) == message

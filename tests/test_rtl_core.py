@@ -1,5 +1,7 @@
 """The NPU running programs in the Amaranth simulator, against numpy and the golden model."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,7 @@ from npu.rtl.isa import CoreState, ErrorCode, Opcode
 from npu.sim.amaranth_backend import AmaranthBackend
 from npu.sim.backend import NPUTimeout
 from npu.sim.golden_backend import GoldenBackend
+from npu.synth.boards import board_config
 
 
 def random_int8(rng, shape):
@@ -142,6 +145,43 @@ def test_short_chunks_get_enough_activation_buffers():
     np.testing.assert_array_equal(image.read_output(hw.memory), a.astype(np.int64) @ b)
     np.testing.assert_array_equal(hw.memory, gold.memory)
 
+
+
+# The smallest options on top of SMALL (the iCEBreaker's, but for 8-bit counters): no
+# instruction prefetched ahead, the sequential requantiser, one LOAD in flight, one row
+# between the requantiser and the bus, one line of zero lookahead.
+TINY = dataclasses.replace(SMALL, fetch_depth=1, requant_lanes=None, requant_sequential=True,
+                           load_queue_depth=1, store_queue_depth=1, zero_lookahead=1,
+                           counter_width=8)
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_tiny_options_match_numpy_and_golden_and_counters_wrap(raw):
+    rng = np.random.default_rng(12)
+    a, b = random_int8(rng, (9, 20)), random_int8(rng, (20, 5))
+    a[2:7, 8:] = 0          # zero lines in the accumulating K-groups: passes are skipped
+    params = {"bias": rng.integers(-3000, 3000, 5),
+              "multiplier": rng.integers(1 << 28, 1 << 31, 5),
+              "shift": rng.integers(-8, 2, 5), "zero_point": -2, "act_min": -128,
+              "act_max": 100}
+    image = build_gemm_image(TINY, a, b, raw=raw, params=None if raw else params)
+    hw, gold = run_both(TINY, image)
+    assert all(c.state == CoreState.DONE for c in hw.cores)
+    acc = a.astype(np.int64) @ b
+    expected = acc if raw else requantize(acc, params["bias"], params["multiplier"],
+                                          params["shift"], -2, -128, 100)
+    np.testing.assert_array_equal(image.read_output(hw.memory), expected)
+    np.testing.assert_array_equal(hw.memory, gold.memory)
+    # The same program with 32-bit counters: the 8-bit ones are those values modulo 256.
+    wide = GoldenBackend(dataclasses.replace(TINY, counter_width=32)).run(
+        image.memory, image.starts)
+    for h, g, w in zip(hw.cores, gold.cores, wide.cores):
+        assert h.pc == g.pc
+        assert w.counters["passes_skipped"] > 0 and w.counters["macs"] > 255
+        for name in ("macs", "dma_read_bytes", "dma_write_bytes", "macs_skipped",
+                     "passes_skipped"):
+            assert h.counters[name] == g.counters[name] == w.counters[name] % 256
+        assert h.counters["cycles"] > 255     # cycles keeps 32 bits
 
 def test_dense_gemm_counters_add_up():
     config = NPUConfig(rows=4, cols=4, cores=2)
@@ -344,3 +384,124 @@ def test_a_run_that_never_finishes_times_out_with_the_cores_state():
     assert core["state"] == CoreState.BUSY
     assert core["counters"]["stall_dependency"] > 300
     assert "core 0: BUSY" in str(info.value)
+
+
+@pytest.mark.parametrize("limit", [0xFFFF_FFFF, 0x10000])
+def test_narrow_bus_clips_the_window_to_its_address_space(limit):
+    # SMALL has a 16-bit address: a window limit written above 2**16 acts as 2**16, so the
+    # second row of this LOAD (at 0x10000) is outside instead of wrapping around to 0x0000.
+    memory = np.zeros(0x10000, np.uint8)
+    prog = Program()
+    prog.load(0, 2, 8, 8, 0xFFF8)
+    prog.end()
+    memory[:len(prog.to_bytes())] = np.frombuffer(prog.to_bytes(), np.uint8)
+    hw = AmaranthBackend(SMALL).run(memory, [0], [(0, limit)], max_cycles=2000)
+    gold = GoldenBackend(SMALL).run(memory, [0], [(0, 0x10000)])
+    for c in (hw.cores[0], gold.cores[0]):
+        assert (c.state, c.error, c.pc) == (CoreState.ERROR, ErrorCode.DMA_WINDOW, 0)
+
+
+@pytest.mark.parametrize("start, code", [(0x10000, ErrorCode.DMA_WINDOW),
+                                         (0x10004, ErrorCode.MISALIGNED)])
+def test_narrow_bus_program_above_the_address_space_faults(start, code):
+    memory = np.zeros(0x10000, np.uint8)
+    hw = AmaranthBackend(SMALL).run(memory, [start], [(0, 0xFFFF_FFFF)], max_cycles=2000)
+    c = hw.cores[0]
+    assert (c.state, c.error) == (CoreState.ERROR, code)
+    assert c.pc == (0x10000 if code == ErrorCode.DMA_WINDOW else start)
+
+
+def test_one_deep_fetch_without_a_queue_keeps_the_cycle_count_of_a_one_entry_queue():
+    # fetch_depth=1 offers the instruction from its shift register instead of a one-entry
+    # SyncFIFOBuffered; 8785 cycles is what the queue took on this program.
+    config = dataclasses.replace(SMALL, fetch_depth=1)
+    rng = np.random.default_rng(1)
+    a, b = random_int8(rng, (9, 20)), random_int8(rng, (20, 5))
+    image = build_gemm_image(config, a, b, raw=True)
+    hw = AmaranthBackend(config).run(image.memory, image.starts)
+    np.testing.assert_array_equal(image.read_output(hw.memory), a.astype(np.int64) @ b)
+    assert hw.cycles == 8785
+
+
+# Field bounds at the edges, on SMALL (32 scratchpad lines, 64 accumulator rows): the checks
+# look only at the bits a legal value can have, and must still see the high ones.
+BOUND_CASES = {
+    "load_last_line": (lambda p: p.load(31, 1, 8, 8, 0x1000), ErrorCode.NONE),
+    "load_past_the_end": (lambda p: p.load(31, 2, 8, 8, 0x1000), ErrorCode.ILLEGAL_FIELD),
+    "load_high_sp_addr": (lambda p: p.load(0x8000, 1, 8, 8, 0x1000), ErrorCode.ILLEGAL_FIELD),
+    "load_high_rows": (lambda p: p.load(0, 0x8001, 8, 8, 0x1000), ErrorCode.ILLEGAL_FIELD),
+    "loadw_last_tile": (lambda p: p.loadw(29), ErrorCode.NONE),
+    "loadw_past_the_end": (lambda p: p.loadw(30), ErrorCode.ILLEGAL_FIELD),
+    "loadw_high": (lambda p: p.loadw(0x8000 + 1), ErrorCode.ILLEGAL_FIELD),
+    "matmul_last_row": (lambda p: p.matmul(31, 63, 1), ErrorCode.NONE),
+    "matmul_acc_past_the_end": (lambda p: p.matmul(0, 63, 2), ErrorCode.ILLEGAL_FIELD),
+    "matmul_high_acc": (lambda p: p.matmul(0, 0x4000, 1), ErrorCode.ILLEGAL_FIELD),
+    "matmul_high_weights": (lambda p: p.matmul(0, 0, 1, load_weights=True, w_sp_addr=0x8000),
+                            ErrorCode.ILLEGAL_FIELD),
+    "store_last_row": (lambda p: p.store(63, 1, 2, 8, 0x1000, raw=True), ErrorCode.NONE),
+    "store_high_rows": (lambda p: p.store(1, 0xFFFF, 2, 8, 0x1000, raw=True),
+                        ErrorCode.ILLEGAL_FIELD),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BOUND_CASES))
+def test_field_bounds_at_the_edges_match_the_golden_model(name):
+    emit, code = BOUND_CASES[name]
+    prog = Program()
+    emit(prog)
+    prog.end()
+    memory = np.zeros(0x10000, np.uint8)
+    memory[:len(prog.to_bytes())] = np.frombuffer(prog.to_bytes(), np.uint8)
+    hw = AmaranthBackend(SMALL).run(memory, [0], max_cycles=5000).cores[0]
+    gold = GoldenBackend(SMALL).run(memory, [0]).cores[0]
+    assert (hw.state, hw.error, hw.pc) == (gold.state, gold.error, gold.pc)
+    assert hw.error == code
+
+
+
+def test_without_zero_skipping_zero_lines_are_multiplied_with_the_same_results():
+    # The iCEBreaker drops the zero flags: the same GEMM, no pass skipped, the skipped
+    # passes' MACs counted as issued (and as zero-operand MACs, as before).
+    config = dataclasses.replace(TINY, zero_skip=False, counter_width=32)
+    skipping = dataclasses.replace(config, zero_skip=True)
+    rng = np.random.default_rng(12)
+    a, b = random_int8(rng, (9, 20)), random_int8(rng, (20, 5))
+    a[2:7, 8:] = 0
+    image = build_gemm_image(config, a, b, raw=True)
+    hw, gold = run_both(config, image)
+    assert hw.cores[0].state == CoreState.DONE
+    np.testing.assert_array_equal(image.read_output(hw.memory), a.astype(np.int64) @ b)
+    np.testing.assert_array_equal(hw.memory, gold.memory)
+    skipped = GoldenBackend(skipping).run(image.memory, image.starts).cores[0].counters
+    h, g = hw.cores[0].counters, gold.cores[0].counters
+    for name in ("macs", "dma_read_bytes", "dma_write_bytes", "macs_skipped",
+                 "passes_skipped"):
+        assert h[name] == g[name]
+    assert h["passes_skipped"] == 0 and skipped["passes_skipped"] > 0
+    assert h["macs"] == skipped["macs"] + skipped["passes_skipped"] * 4
+    assert h["macs_skipped"] == skipped["macs_skipped"]
+
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_icebreaker_board_config_gemm_matches_numpy_and_golden(raw):
+    # Exactly what `python -m npu.synth.build --board icebreaker --rows 2 --cols 2` builds.
+    config, _ = board_config("icebreaker", cores=1, rows=2, cols=2)
+    rng = np.random.default_rng(21)
+    a, b = random_int8(rng, (7, 12)), random_int8(rng, (12, 3))
+    a[1:4, 4:] = 0
+    params = {"bias": rng.integers(-3000, 3000, 3),
+              "multiplier": rng.integers(1 << 28, 1 << 31, 3),
+              "shift": rng.integers(-8, 2, 3), "zero_point": 1, "act_min": -128,
+              "act_max": 127}
+    image = build_gemm_image(config, a, b, raw=raw, params=None if raw else params)
+    hw, gold = run_both(config, image)
+    assert hw.cores[0].state == CoreState.DONE
+    acc = a.astype(np.int64) @ b
+    expected = acc if raw else requantize(acc, params["bias"], params["multiplier"],
+                                          params["shift"], 1, -128, 127)
+    np.testing.assert_array_equal(image.read_output(hw.memory), expected)
+    np.testing.assert_array_equal(hw.memory, gold.memory)
+    for name in ("macs", "dma_read_bytes", "dma_write_bytes", "macs_skipped",
+                 "passes_skipped"):
+        assert hw.cores[0].counters[name] == gold.cores[0].counters[name]

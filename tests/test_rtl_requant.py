@@ -9,7 +9,7 @@ import pytest
 
 from npu.firmware.quant import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier, requantize
 from npu.rtl.config import NPUConfig
-from npu.rtl.requant import Requantiser, SerialRequantiser
+from npu.rtl.requant import Requantiser, SequentialRequantiser, SerialRequantiser
 from npu.sim.amaranth_sim import run_simulation
 
 LANES = 4
@@ -48,7 +48,8 @@ def _expected(beat, rounding):
     return out
 
 
-def _run(rounding, beats, *, valid_prob=1.0, ready_prob=1.0, seed=0, dut=None):
+def _run(rounding, beats, *, valid_prob=1.0, ready_prob=1.0, seed=0, dut=None,
+         cycles_per_beat=1):
     """Stream ``beats`` through a Requantiser (or ``dut``, with LANES channels per beat);
     return outputs and the cycles of each handshake.
 
@@ -89,7 +90,7 @@ def _run(rounding, beats, *, valid_prob=1.0, ready_prob=1.0, seed=0, dut=None):
                 offering = False
             cycle += 1
 
-    limit = int(len(beats) / min(valid_prob, ready_prob) * 3) + 50
+    limit = int(len(beats) * cycles_per_beat / min(valid_prob, ready_prob) * 3) + 50
     run_simulation(dut, testbench, name=f"requant_{rounding}", deadline_cycles=limit)
     assert len(got) == len(beats), f"{len(got)} of {len(beats)} beats came out in {limit} cycles"
     return dut, got, accepted_at, delivered_at
@@ -278,3 +279,28 @@ def test_requantiser_rejects_bad_constructor_arguments(args, kwargs, exc, messag
 def test_requantiser_lanes_is_keyword_only():
     with pytest.raises(TypeError):
         Requantiser(NPUConfig(), 4)
+
+
+@pytest.mark.parametrize("rounding", ["double", "single"])
+def test_sequential_requantiser_matches_oracle_on_edge_cases(rounding):
+    # Every shift, the int32 wraps, the ties of both roundings and SRDHM's saturating case,
+    # one channel at a time through the shift-and-add datapath.
+    config = NPUConfig(cols=LANES, rounding=rounding, requant_sequential=True)
+    fields = [FULL, (0, 0, 127), (-128, -128, 127), (127, -128, 127), (-3, -20, 20)]
+    beats = _beats(_edge_lanes(), fields)
+    _, got, _, _ = _run(rounding, beats, dut=SequentialRequantiser(config),
+                        cycles_per_beat=LANES * 110)
+    for n, (beat, out) in enumerate(zip(beats, got)):
+        assert out == _expected(beat, rounding), f"beat {n}: {beat}"
+
+
+@pytest.mark.parametrize("rounding", ["double", "single"])
+def test_sequential_requantiser_matches_oracle_under_backpressure(rounding):
+    config = NPUConfig(cols=LANES, rounding=rounding, requant_sequential=True)
+    beats = _random_beats(seed=17, count=40)
+    for n, beat in enumerate(beats):
+        beat["acc"][0], beat["bias"][0], beat["multiplier"][0], beat["shift"][0] = n, 0, 2**30, 1
+    _, got, accepted, _ = _run(rounding, beats, valid_prob=0.7, ready_prob=0.5, seed=5,
+                               dut=SequentialRequantiser(config), cycles_per_beat=LANES * 110)
+    assert got == [_expected(beat, rounding) for beat in beats]
+    assert len(accepted) == len(set(accepted)) == len(beats)
