@@ -105,7 +105,7 @@ _NO_COLLISION = (
 )
 
 
-def _overrides(board, config, pe_mult, seed):
+def _overrides(board, config, pe_mult, seed, place_only=False):
     family = BOARDS[board].family
     booth = []
     if pe_mult == "lut":
@@ -133,13 +133,18 @@ def _overrides(board, config, pe_mult, seed):
         "synth_opts": synth,
         # Always finish, so that a failing clock still gets its report.
         "nextpnr_opts": ["--report", "top.report.json", "--timing-allow-fail",
-                         "--seed", str(seed)],
+                         "--seed", str(seed), *(["--no-route"] if place_only else [])],
     }
 
 
 def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
-          build_dir=None, reports_dir=REPORTS_DIR, command=None, log=print):
-    """Build ``config`` for ``board``; return the report dictionary (also written to disk)."""
+          build_dir=None, reports_dir=REPORTS_DIR, command=None, log=print, place_only=False):
+    """Build ``config`` for ``board``; return the report dictionary (also written to disk).
+
+    With ``place_only`` nextpnr stops after placement (``--no-route``): the report gives the
+    resources and nextpnr's Fmax estimate from placement, marked as an estimate, never a pass;
+    for designs whose routing takes too long to iterate on. Its files end in ``_placed``.
+    """
     spec = BOARDS[board]
     family = spec.family
     missing = missing_tools(family)
@@ -151,14 +156,14 @@ def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
     env.update(find_toolchain(family))
     env.setdefault("OPENFPGALOADER", "true")   # ULX3S lists it as required even unprogrammed
 
-    stem = report_stem(board, config)
+    stem = report_stem(board, config) + ("_placed" if place_only else "")
     build_dir = Path(build_dir or Path("build/synth") / stem)
     pe_mult = pe_mult_choice(board, config, pe_mult)
     top = BoardTop(board, config, mem_bytes=mem_bytes, clock_hz=clock_hz)
     log(f"{stem}: {config.macs_per_cycle} MACs, PE multipliers on {pe_mult.upper()}, "
         f"target {top.clock_hz / 1e6:g} MHz, memory {mem_bytes // 1024} KiB -> {build_dir}")
     plan = spec.platform().build(top, name="top", do_build=False,
-                                 **_overrides(board, config, pe_mult, seed))
+                                 **_overrides(board, config, pe_mult, seed, place_only))
     plan.extract(str(build_dir))
     start = time.monotonic()
     with open(build_dir / "build.log", "w") as out:
@@ -168,7 +173,8 @@ def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
     report_json = build_dir / "top.report.json"
     nextpnr_log = build_dir / "top.tim"
     error = None
-    if result.returncode != 0:
+    if result.returncode != 0 and not (place_only and report_json.exists()):
+        # (Placed only, packing the unrouted design into a bitstream may fail: no matter.)
         lines = (build_dir / "build.log").read_text().splitlines()
         errors = [line for line in lines if line.startswith("ERROR")]
         error = errors[0] if errors else f"exit {result.returncode}"
@@ -185,7 +191,8 @@ def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
     cells = parse_yosys_cells((build_dir / "top.rpt").read_text())
     report = summarise(spec, config, mem_bytes=mem_bytes, clock_hz=top.clock_hz,
                        pe_mult=pe_mult, utilization=utilization, fmax=fmax, paths=paths,
-                       yosys_cells=cells, seconds=seconds, command=command or "", error=error)
+                       yosys_cells=cells, seconds=seconds, command=command or "", error=error,
+                       routed=not place_only)
     json_path, md_path = write_reports(report, reports_dir, stem)
     verdict = "PASS" if report["pass"] else "FAIL"
     log(f"{stem}: Fmax {report['fmax_mhz']} MHz vs {report['target_mhz']} MHz target: "
@@ -212,6 +219,8 @@ def main(argv=None):
     parser.add_argument("--pe-mult", choices=("auto", "dsp", "lut"), default="auto",
                         help="where the PE multipliers go (auto: DSPs if they all fit)")
     parser.add_argument("--seed", type=int, default=1, help="nextpnr placer seed")
+    parser.add_argument("--place-only", action="store_true",
+                        help="stop after placement: resources and an Fmax estimate")
     parser.add_argument("--build-dir", default=None)
     parser.add_argument("--reports-dir", default=str(REPORTS_DIR))
     args = parser.parse_args(argv)
@@ -227,6 +236,7 @@ def main(argv=None):
         report = build(args.board, config, mem_bytes=mem_bytes,
               clock_hz=args.clock_mhz * 1e6 if args.clock_mhz else None,
               pe_mult=args.pe_mult, seed=args.seed, build_dir=args.build_dir,
+              place_only=args.place_only,
               reports_dir=args.reports_dir, command=command)
     except (FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

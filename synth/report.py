@@ -110,7 +110,7 @@ def _pct(used, available):
 
 
 def summarise(board, config, *, mem_bytes, clock_hz, pe_mult, utilization, fmax, paths,
-              yosys_cells, seconds, command, error=None):
+              yosys_cells, seconds, command, error=None, routed=True):
     """The report dictionary: resources used / available, Fmax per clock, pass or fail."""
     def bel(name):
         return utilization.get(name, {"used": 0, "available": 0})
@@ -164,7 +164,9 @@ def summarise(board, config, *, mem_bytes, clock_hz, pe_mult, utilization, fmax,
         "clocks": clocks,
         "fmax_mhz": npu_fmax,
         "fits": all(v["used"] <= v["available"] for v in utilization.values()),
-        "pass": error is None and bool(clocks) and all(c["pass"] for c in clocks.values()),
+        "routed": routed,
+        "pass": (routed and error is None and bool(clocks)
+                 and all(c["pass"] for c in clocks.values())),
         "error": error,
         "peak_gops_at_target": round(2 * config.macs_per_cycle * clock_hz / 1e9, 2),
         "peak_gops_at_fmax": round(peak, 2) if peak is not None else None,
@@ -187,6 +189,8 @@ def _markdown(report):
          f"{report['peak_gops_at_target']} GOPS at the target clock (2 x MACs x f)."),
         "",
         *([f"The build stopped: `{report['error']}`", ""] if report["error"] else []),
+        *(["Placed, not routed (`--place-only`): Fmax is nextpnr's estimate after placement, "
+           "not a timing result.", ""] if not report.get("routed", True) else []),
         "| resource | used | available | % |",
         "| --- | ---: | ---: | ---: |",
     ]

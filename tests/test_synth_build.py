@@ -7,7 +7,7 @@ import json
 import pytest
 
 from npu.synth.boards import BOARDS, board_config
-from npu.synth.build import build, find_toolchain, missing_tools, pe_mult_choice
+from npu.synth.build import _overrides, build, find_toolchain, missing_tools, pe_mult_choice
 from npu.synth.report import (
     parse_critical_paths,
     parse_nextpnr_report,
@@ -124,3 +124,19 @@ def test_small_ecp5_build_reports_resources_and_fmax(tmp_path):
     assert res["dsps"]["used"] >= 4 + 4 * 2       # PE products and requantiser on DSPs
     assert res["rams"]["DP16KD"]["used"] > 0
     assert report["fmax_mhz"] > 10
+
+
+def test_a_placed_only_build_is_an_estimate_and_never_passes(tmp_path):
+    config, mem_bytes = board_config("ulx3s-85f", cores=1, rows=8, cols=8)
+    fast = dict(NEXTPNR_REPORT, fmax={"cd_sync.clk": {"achieved": 120.0, "constraint": 100.0}})
+    utilization, fmax = parse_nextpnr_report(json.dumps(fast))
+    report = summarise(BOARDS["ulx3s-85f"], config, mem_bytes=mem_bytes, clock_hz=100e6,
+                       pe_mult="dsp", utilization=utilization, fmax=fmax, paths={},
+                       yosys_cells={}, seconds=1.0, command="make synth", routed=False)
+    assert report["routed"] is False and report["pass"] is False
+    assert report["fmax_mhz"] == 120.0
+    _, md_path = write_reports(report, tmp_path, "ulx3s-85f_1x8x8_placed")
+    assert "Placed, not routed" in md_path.read_text()
+    assert "--no-route" in _overrides("ulx3s-85f", config, "dsp", 1, place_only=True)[
+        "nextpnr_opts"]
+    assert "--no-route" not in _overrides("ulx3s-85f", config, "dsp", 1)["nextpnr_opts"]
