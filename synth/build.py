@@ -21,6 +21,7 @@ from pathlib import Path
 from .boards import BOARDS, BoardTop, board_config
 from .report import (
     parse_critical_paths,
+    parse_fmax_log,
     parse_nextpnr_report,
     parse_utilisation_log,
     parse_yosys_cells,
@@ -185,6 +186,8 @@ def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
     if report_json.exists() and error is None:
         utilization, fmax = parse_nextpnr_report(report_json.read_text())
         paths = parse_critical_paths(report_json.read_text())
+        if place_only and not fmax:
+            fmax = parse_fmax_log(nextpnr_log.read_text())
     else:
         # Place and route stopped (typically: the design does not fit): report what it used.
         utilization, fmax, paths = parse_utilisation_log(nextpnr_log.read_text()), {}, {}

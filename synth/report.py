@@ -12,6 +12,7 @@ from pathlib import Path
 
 __all__ = [
     "parse_critical_paths",
+    "parse_fmax_log",
     "parse_nextpnr_report",
     "parse_utilisation_log",
     "parse_yosys_cells",
@@ -36,6 +37,17 @@ def parse_nextpnr_report(text):
 
 
 _UTIL_LINE = re.compile(r"^Info:\s+([A-Za-z0-9_]+):\s+(\d+)/\s*(\d+)\s+\d+%", re.MULTILINE)
+
+
+_FMAX_LINE = re.compile(r"Max frequency for clock '([^']+)': ([0-9.]+) MHz \((?:PASS|FAIL) at "
+                        r"([0-9.]+) MHz\)")
+
+
+def parse_fmax_log(log_text):
+    """Fmax per clock from nextpnr's log (the last estimate wins), for a run whose JSON
+    report has none (placed, not routed)."""
+    return {m.group(1): {"achieved": float(m.group(2)), "constraint": float(m.group(3))}
+            for m in _FMAX_LINE.finditer(log_text)}
 
 
 def parse_utilisation_log(log_text):

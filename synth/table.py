@@ -26,15 +26,18 @@ def make_line(command):
     if args[:3] != ["python", "-m", "npu.synth.build"]:
         return command
     make, extra = [], []
-    rest = iter(args[3:])
-    for arg in rest:
-        name, eq, value = arg.partition("=")
-        if not eq:
-            value = next(rest, "")
+    rest = args[3:]
+    i = 0
+    while i < len(rest):
+        name, eq, value = rest[i].partition("=")
+        i += 1
+        if not eq and i < len(rest) and not rest[i].startswith("--"):
+            value = rest[i]
+            i += 1
         if name in _MAKE_VARS:
             make.append(f"{_MAKE_VARS[name]}={value}")
         else:
-            extra += [name, value]
+            extra += [name, value] if value else [name]
     line = "make synth " + " ".join(make)
     if extra:
         line += f" SYNTH_ARGS={shlex.quote(' '.join(extra))}"

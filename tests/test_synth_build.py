@@ -10,6 +10,7 @@ from npu.synth.boards import BOARDS, board_config
 from npu.synth.build import _overrides, build, find_toolchain, missing_tools, pe_mult_choice
 from npu.synth.report import (
     parse_critical_paths,
+    parse_fmax_log,
     parse_nextpnr_report,
     parse_utilisation_log,
     parse_yosys_cells,
@@ -140,3 +141,11 @@ def test_a_placed_only_build_is_an_estimate_and_never_passes(tmp_path):
     assert "--no-route" in _overrides("ulx3s-85f", config, "dsp", 1, place_only=True)[
         "nextpnr_opts"]
     assert "--no-route" not in _overrides("ulx3s-85f", config, "dsp", 1)["nextpnr_opts"]
+
+
+def test_fmax_estimate_is_read_from_the_log_when_the_report_has_none():
+    log = ("Info: Max frequency for clock '$glbnet$clk': 28.91 MHz (FAIL at 100.00 MHz)\n"
+           "Info: placing\n"
+           "Info: Max frequency for clock '$glbnet$clk': 30.69 MHz (FAIL at 100.00 MHz)\n")
+    assert parse_fmax_log(log) == {"$glbnet$clk": {"achieved": 30.69, "constraint": 100.0}}
+    assert parse_fmax_log("Info: no timing\n") == {}

@@ -27,6 +27,8 @@ def test_every_report_has_a_row_with_its_make_line():
     ("python -m npu.synth.build --board ulx3s-85f --cores 4 --rows 8 --cols 8 --clock-mhz 80",
      "make synth BOARD=ulx3s-85f CORES=4 ROWS=8 COLS=8 SYNTH_ARGS='--clock-mhz 80'"),
     ("python -m npu.synth.build --board=ulx3s-85f --cores=2", "make synth BOARD=ulx3s-85f CORES=2"),
+    ("python -m npu.synth.build --board ulx3s-85f --place-only --cores 1",
+     "make synth BOARD=ulx3s-85f CORES=1 SYNTH_ARGS=--place-only"),
     ("yosys -p synth", "yosys -p synth"),
 ])
 def test_make_line(command, line):
