@@ -453,12 +453,14 @@ class _Checker:
                     row_extent.eq(-(-param_slot_bytes(cfg.cols) // B) * B),
                 ]
             with m.Case(Opcode.LOADW):
-                m.d.comb += [fields_ok.eq(at_most(lw.sp_addr, sp_lines - 1 - cfg.rows)), aligned.eq(1)]
+                m.d.comb += [fields_ok.eq(at_most(lw.sp_addr, sp_lines - 1 - cfg.rows)),
+                             aligned.eq(1)]
             with m.Case(Opcode.MATMUL):
                 m.d.comb += [
                     fields_ok.eq((mm.rows != 0) & sum_at_most(mm.sp_addr, mm.rows, sp_lines)
                                  & sum_at_most(mm.acc_addr, mm.rows, acc_rows)
-                                 & (~mm.load_weights | at_most(mm.w_sp_addr, sp_lines - 1 - cfg.rows))),
+                                 & (~mm.load_weights
+                                    | at_most(mm.w_sp_addr, sp_lines - 1 - cfg.rows))),
                     aligned.eq(1),
                 ]
             with m.Case(Opcode.STORE):

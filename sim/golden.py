@@ -66,8 +66,9 @@ Instructions
     LOADW: weight row ``i`` <- the first ``cols`` bytes of line ``sp_addr + i``, as int8, for
     ``i < R`` (the array's rows), and gather index ``i`` <- byte ``i`` of line ``sp_addr + R``.
 
-    MATMUL: with ``load_weights``, first LOADW ``w_sp_addr``. Then for r < rows, the vector ``x[i] = line(sp_addr + r)[gather[i]]`` as int8 (0 when
-    ``gather[i] >= sparse_group * R``), and ``acc[acc_addr + r] = (acc[acc_addr + r] if
+    MATMUL: with ``load_weights``, first LOADW ``w_sp_addr``. Then for r < rows, the vector
+    ``x[i] = line(sp_addr + r)[gather[i]]`` as int8 (0 when ``gather[i] >= sparse_group * R``),
+    and ``acc[acc_addr + r] = (acc[acc_addr + r] if
     accumulate else 0) + x @ W``, wrapping to int32. With ``accumulate``, row r is *skipped*
     (not issued) when every sub-block ``g`` (bytes ``[g*R, (g+1)*R)`` of the line) that some
     gather index points into is all zero, unless r is the last row and the MATMUL pushes a
