@@ -45,7 +45,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from npu.rtl.isa import param_slot_bytes
+from npu.rtl.isa import INSTR_BYTES, param_slot_bytes
 
 from .asm import Program, pack_param_slot
 
@@ -272,18 +272,19 @@ def _chunking(config, band_rows, nQ):
 
 def _read_bytes(config, bands, K):
     """Estimated bytes all cores read for ``bands`` (dense weights): activations, weight
-    tiles once per chunk, and about 20 instruction bytes per step."""
+    tiles once per chunk, and the instructions of each step (a MATMUL, a share of a LOAD)."""
     R, C, B = config.rows, config.cols, config.bus_bytes
     GR = config.gather_bytes
     nQ = cdiv(K, GR)
     tiles = sum(cdiv(min(GR, K - q * GR), R) for q in range(nQ))
     tile_bytes = (R + 1) * roundup(max(C, R), B)
+    step_instr = INSTR_BYTES * (1 + 1 / WINDOW_STEPS)
     total = 0
     for m0, m1, nb0, nb1 in bands:
         mt, resident, _ = _chunking(config, m1 - m0, nQ)
         steps = cdiv(m1 - m0, mt) * (nb1 - nb0) * tiles
         a = (m1 - m0) * nQ if resident else steps * mt
-        total += a * roundup(GR, B) + steps * (tile_bytes + 20)
+        total += a * roundup(GR, B) + steps * (tile_bytes + step_instr)
     return total
 
 
@@ -446,15 +447,15 @@ def _compile_band(config, plan, layout, weights, band):
                        (config.acc_rows // 2) // mt, len(pass_nbs)))
         steps = []
         blocks = []
-        groups = []
+        group_size = []     # blocks (stores) per group
         # Only a chunk's first group needs F blocks (its activations are still arriving);
         # later blocks go one at a time, so stores are not bunched.
         sizes = [F] + [1] * (len(pass_nbs) - F)
         for ci in range(len(chunks)):
             for g0, size in zip(np.cumsum([0] + sizes[:-1]).tolist(), sizes):
                 members = pass_nbs[g0:g0 + size]
-                j = len(groups)
-                groups.append(dict(ci=ci, stores=len(members)))
+                j = len(group_size)
+                group_size.append(len(members))
                 first_step = len(steps)
                 order = sorted((q, f, p, index)
                                for f, nb in enumerate(members)
@@ -558,7 +559,7 @@ def _compile_band(config, plan, layout, weights, band):
                         accumulate=not st["first"], load_weights=True,
                         w_sp_addr=w_buf[t % D], deps=tuple(deps))
 
-        stored = [0] * len(groups)
+        stored = [0] * len(group_size)
 
         def emit_store(b):
             ci, nb, j, f = blocks[b]
@@ -566,7 +567,7 @@ def _compile_band(config, plan, layout, weights, band):
             stored[j] += 1
             deps = ["pop_prev"]
             # The group's last store frees its region for group j + 2.
-            if stored[j] == groups[j]["stores"] and j + 2 < len(groups):
+            if stored[j] == group_size[j] and j + 2 < len(group_size):
                 deps.append("push_prev")
             prog.store((j % 2) * F * mt + f * mt, c1 - c0, min(C, plan.N - nb * C),
                        layout.o_pitch, layout.out_addr + (nb * plan.M + c0) * layout.o_pitch,

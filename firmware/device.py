@@ -122,10 +122,11 @@ class GemmImage:
 
 
 def build_gemm_image(config, a, b, *, raw, params=None, split="auto", cores=None,
-                     sparse=True):
+                     sparse=True, barrier_after=False):
     """Compile ``a @ b`` and lay out the memory image: programs first (one 4 KB-aligned area
     per core), then the activations, the packed weight tiles, parameter records and the
-    output."""
+    output. With ``barrier_after`` every core's program ends with a BARRIER before its END
+    (the first core to finish waits for the others)."""
     M, K = a.shape
     N = b.shape[1]
     plan = compiler.plan_gemm(config, M, K, N, raw=raw, split=split, cores=cores)
@@ -140,7 +141,7 @@ def build_gemm_image(config, a, b, *, raw, params=None, split="auto", cores=None
     # placeholder addresses to size the program area, then with the real layout.
     pitches = (sizes["a_pitch"], sizes["w_pitch"], sizes["o_pitch"], sizes["param_pitch"])
     draft = compiler.compile_gemm(config, plan, compiler.GemmLayout(0, 0, 0, 0, *pitches),
-                                  weights)
+                                  weights, barrier_after=barrier_after)
     prog_area = compiler.roundup(max(len(p) + 1 for p in draft) * 16, 4096)
     addr = len(draft) * prog_area
     bases = []
@@ -153,7 +154,7 @@ def build_gemm_image(config, a, b, *, raw, params=None, split="auto", cores=None
         raise ValueError(f"the workload needs {size} bytes of memory, more than the "
                          f"{config.addr_width}-bit address space")
     layout = compiler.GemmLayout(bases[0], bases[1], o_addr, bases[2], *pitches)
-    programs = compiler.compile_gemm(config, plan, layout, weights)
+    programs = compiler.compile_gemm(config, plan, layout, weights, barrier_after=barrier_after)
     memory = np.zeros(size, np.uint8)
     starts = []
     for i, prog in enumerate(programs):

@@ -13,7 +13,7 @@ from npu.rtl.top import NPU
 from .amaranth_sim import CLOCK_PERIOD, run_simulation
 from .axi_mem import AXI4Memory
 from .axil import axil_read, axil_write
-from .backend import CoreResult, NPUTimeout, RunResult, check_run_arguments
+from .backend import CoreResult, NPUTimeout, RunResult, TimedMemoryBackend, check_run_arguments
 
 __all__ = ["AmaranthBackend"]
 
@@ -21,24 +21,12 @@ __all__ = ["AmaranthBackend"]
 PROGRESS_CYCLES = 2000
 
 
-class AmaranthBackend:
-    """Cycle-exact runs of ``NPU(config)``.
-
-    Parameters
-    ----------
-    config : NPUConfig
-    latency : int
-        Memory latency in cycles (address handshake to first data beat).
-    bytes_per_cycle : int
-        Memory bandwidth per direction.
-    """
+class AmaranthBackend(TimedMemoryBackend):
+    """Cycle-exact runs of ``NPU(config)`` in the Amaranth simulator
+    (``AmaranthBackend(config, latency=8, bytes_per_cycle=8)``, see
+    :class:`~npu.sim.backend.TimedMemoryBackend`)."""
 
     name = "amaranth"
-
-    def __init__(self, config, *, latency=8, bytes_per_cycle=8):
-        self.config = config
-        self.latency = latency
-        self.bytes_per_cycle = bytes_per_cycle
 
     def run(self, memory, programs, windows=None, *, max_cycles=1_000_000, progress=None):
         """Run and return a RunResult; ``progress(cycles)`` is called every PROGRESS_CYCLES

@@ -14,7 +14,7 @@ from npu.rtl.isa import CoreState
 
 from .golden import CoreResult
 
-__all__ = ["CoreResult", "RunResult", "NPUTimeout", "check_run_arguments"]
+__all__ = ["CoreResult", "RunResult", "NPUTimeout", "TimedMemoryBackend", "check_run_arguments"]
 
 
 @dataclass
@@ -55,6 +55,16 @@ class NPUTimeout(RuntimeError):
         super().__init__("\n".join(lines))
         self.budget = budget
         self.cores = cores
+
+
+class TimedMemoryBackend:
+    """What the cycle-exact backends share: ``NPU(config)`` on a memory of ``latency`` cycles
+    (address handshake to first data beat) and ``bytes_per_cycle`` per direction."""
+
+    def __init__(self, config, *, latency=8, bytes_per_cycle=8):
+        self.config = config
+        self.latency = latency
+        self.bytes_per_cycle = bytes_per_cycle
 
 
 def check_run_arguments(config, memory, programs, windows):

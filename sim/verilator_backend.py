@@ -46,7 +46,7 @@ from npu.rtl.top import NPU
 
 from .amaranth_sim import waves_requested
 from .axi_mem_hdl import AXI4MemoryHDL
-from .backend import CoreResult, NPUTimeout, RunResult, check_run_arguments
+from .backend import CoreResult, NPUTimeout, RunResult, TimedMemoryBackend, check_run_arguments
 
 __all__ = [
     "NPUHarness",
@@ -448,17 +448,14 @@ def decode_core(state, error, pc, counters):
             "counters": {name: int(getattr(fields, name)) for name in COUNTERS}}
 
 
-class VerilatorBackend:
+class VerilatorBackend(TimedMemoryBackend):
     """Cycle-exact runs of ``NPU(config)``'s Verilog in Verilator; the same interface and the
     same cycle counts as :class:`~npu.sim.amaranth_backend.AmaranthBackend`.
 
     Parameters
     ----------
-    config : NPUConfig
-    latency : int
-        Memory latency in cycles (address handshake to first data beat).
-    bytes_per_cycle : int
-        Memory bandwidth per direction.
+    config, latency, bytes_per_cycle
+        As :class:`~npu.sim.backend.TimedMemoryBackend`.
     capacity : int
         Memory the harness is built with, in bytes (at least :data:`MIN_CAPACITY`); a larger
         image gets a build of the next power of two.
@@ -469,9 +466,7 @@ class VerilatorBackend:
     def __init__(self, config, *, latency=8, bytes_per_cycle=8, capacity=MIN_CAPACITY):
         if not verilator_available():
             raise FileNotFoundError("verilator is not installed (make setup installs it)")
-        self.config = config
-        self.latency = latency
-        self.bytes_per_cycle = bytes_per_cycle
+        super().__init__(config, latency=latency, bytes_per_cycle=bytes_per_cycle)
         self.capacity = max(MIN_CAPACITY, _next_pow2(capacity))
         #: Wall-clock seconds of the last run's phases: "load", "run", "readback", "total",
         #: and the cycles the run took ("cycles", from the first register write to the last

@@ -147,6 +147,29 @@ class HostBridge(wiring.Component):
             with m.If(self.tx.ready):
                 m.next = then
 
+        def write_word(name, bus, *, then, done=()):
+            """States ``name``, ``name_AW``, ``name_W``, ``name_RESP``: one AXI write (AW and W
+            offered together, each held until taken), then B; its response joins ``status``."""
+            with m.State(name):
+                m.d.comb += [bus.awvalid.eq(1), bus.wvalid.eq(1)]
+                with m.If(bus.awready & bus.wready):
+                    m.next = f"{name}_RESP"
+                with m.Elif(bus.awready):
+                    m.next = f"{name}_W"
+                with m.Elif(bus.wready):
+                    m.next = f"{name}_AW"
+            for channel in ("AW", "W"):
+                valid, ready = (getattr(bus, f"{channel.lower()}{x}") for x in ("valid", "ready"))
+                with m.State(f"{name}_{channel}"):
+                    m.d.comb += valid.eq(1)
+                    with m.If(ready):
+                        m.next = f"{name}_RESP"
+            with m.State(f"{name}_RESP"):
+                m.d.comb += bus.bready.eq(1)
+                with m.If(bus.bvalid):
+                    m.d.sync += [status.eq(status | bus.bresp), *done]
+                    m.next = then
+
         with m.FSM(name="bridge"):
             with m.State("CMD"):
                 m.d.comb += self.rx.ready.eq(1)
@@ -187,27 +210,7 @@ class HostBridge(wiring.Component):
                         m.next = "STATUS"
 
             # Registers.
-            with m.State("CSR_WRITE"):
-                m.d.comb += [csr.awvalid.eq(1), csr.wvalid.eq(1)]
-                with m.If(csr.awready & csr.wready):
-                    m.next = "CSR_WRITE_RESP"
-                with m.Elif(csr.awready):
-                    m.next = "CSR_WRITE_W"
-                with m.Elif(csr.wready):
-                    m.next = "CSR_WRITE_AW"
-            with m.State("CSR_WRITE_AW"):
-                m.d.comb += csr.awvalid.eq(1)
-                with m.If(csr.awready):
-                    m.next = "CSR_WRITE_RESP"
-            with m.State("CSR_WRITE_W"):
-                m.d.comb += csr.wvalid.eq(1)
-                with m.If(csr.wready):
-                    m.next = "CSR_WRITE_RESP"
-            with m.State("CSR_WRITE_RESP"):
-                m.d.comb += csr.bready.eq(1)
-                with m.If(csr.bvalid):
-                    m.d.sync += status.eq(status | csr.bresp)
-                    m.next = "STATUS"
+            write_word("CSR_WRITE", csr, then="STATUS")
             with m.State("CSR_READ"):
                 m.d.comb += csr.arvalid.eq(1)
                 with m.If(csr.arready):
@@ -232,22 +235,8 @@ class HostBridge(wiring.Component):
                             m.next = "MEM_WRITE"
                     with m.Elif(expired):
                         m.next = "CMD"
-            with m.State("MEM_WRITE"):
-                m.d.comb += [mem.awvalid.eq(1), mem.wvalid.eq(1)]
-                with m.If(mem.awready & mem.wready):
-                    m.next = "MEM_WRITE_RESP"
-                with m.Elif(mem.awready):
-                    m.next = "MEM_WRITE_W"
-            with m.State("MEM_WRITE_W"):
-                m.d.comb += mem.wvalid.eq(1)
-                with m.If(mem.wready):
-                    m.next = "MEM_WRITE_RESP"
-            with m.State("MEM_WRITE_RESP"):
-                m.d.comb += mem.bready.eq(1)
-                with m.If(mem.bvalid):
-                    m.d.sync += [status.eq(status | mem.bresp), addr.eq(addr + 4),
-                                 count.eq(count - 1)]
-                    m.next = "MEM_WRITE_DATA"
+            write_word("MEM_WRITE", mem, then="MEM_WRITE_DATA",
+                       done=[addr.eq(addr + 4), count.eq(count - 1)])
 
             # Memory reads: read a word, send it, repeat.
             with m.State("MEM_READ"):

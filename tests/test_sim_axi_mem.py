@@ -9,6 +9,7 @@ from amaranth.lib.wiring import Out
 from npu.rtl.bus import BURST_INCR, RESP_OKAY, RESP_SLVERR, AXI4Signature
 from npu.sim.amaranth_sim import run_simulation
 from npu.sim.axi_mem import AXI4Memory, AXIProtocolError
+from npu.sim.axi_monitor import AXI4Monitor
 
 
 class Port(wiring.Component):
@@ -22,42 +23,6 @@ class Port(wiring.Component):
         m = Module()
         m.domains.sync = ClockDomain()  # the clock the testbench and the memory model share
         return m
-
-
-class Monitor:
-    """Logs, per rising edge (numbered from 0, like the model), every handshake and valid."""
-
-    def __init__(self, bus):
-        self.bus = bus
-        self.ar, self.aw, self.w = [], [], []          # handshake cycles
-        self.r = []                                     # (cycle, rid, rdata, rresp, rlast)
-        self.b = []                                     # (cycle, bid, bresp)
-        self.rvalid, self.bvalid = [], []               # cycles with the valid high
-
-    async def process(self, ctx):
-        b = self.bus
-        cycle = -1
-        async for (_, _, arvalid, arready, awvalid, awready, wvalid, wready,
-                   rvalid, rready, rid, rdata, rresp, rlast,
-                   bvalid, bready, bid, bresp) in ctx.tick().sample(
-                b.arvalid, b.arready, b.awvalid, b.awready, b.wvalid, b.wready,
-                b.rvalid, b.rready, b.rid, b.rdata, b.rresp, b.rlast,
-                b.bvalid, b.bready, b.bid, b.bresp):
-            cycle += 1
-            if arvalid and arready:
-                self.ar.append(cycle)
-            if awvalid and awready:
-                self.aw.append(cycle)
-            if wvalid and wready:
-                self.w.append(cycle)
-            if rvalid:
-                self.rvalid.append(cycle)
-                if rready:
-                    self.r.append((cycle, rid, rdata, rresp, rlast))
-            if bvalid:
-                self.bvalid.append(cycle)
-                if bready:
-                    self.b.append((cycle, bid, bresp))
 
 
 async def offer(ctx, valid, ready, payload):
@@ -105,7 +70,7 @@ async def wait_for(ctx, condition):
 
 def simulate(port, mem, *testbenches, deadline=4000):
     """Run testbenches against ``mem`` with a monitor; fail if they do not finish."""
-    mon = Monitor(port.axi)
+    mon = AXI4Monitor(port.axi)
     finished = []
 
     def wrap(tb):

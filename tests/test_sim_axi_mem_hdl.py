@@ -11,7 +11,6 @@ from amaranth.hdl import ClockDomain, Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from npu.firmware import compiler
 from npu.firmware.device import build_gemm_image
 from npu.rtl.bus import BURST_INCR, RESP_OKAY, RESP_SLVERR, AXI4Signature
 from npu.rtl.config import NPUConfig
@@ -21,6 +20,7 @@ from npu.sim.amaranth_backend import AmaranthBackend
 from npu.sim.amaranth_sim import run_simulation
 from npu.sim.axi_mem import AXI4Memory
 from npu.sim.axi_mem_hdl import AXI4MemoryHDL
+from npu.sim.axi_monitor import AXI4Monitor
 from npu.sim.axil import axil_read, axil_write
 from npu.sim.verilator_backend import NPUHarness
 
@@ -57,36 +57,6 @@ class HDLBench(wiring.Component):
         wiring.connect(m, wiring.flipped(self.axi), self.mem.axi)
         m.d.comb += self.mem.size.eq(self.size)
         return m
-
-
-class Trace:
-    """Per edge (numbered from 0): every ready and valid the memory drives, with the payload of
-    a valid R or B beat, and the handshakes."""
-
-    def __init__(self, bus):
-        self.bus = bus
-        self.edges = []
-        self.r = []   # (cycle, rid, rdata, rresp, rlast) of each R handshake
-        self.b = []   # (cycle, bid, bresp) of each B handshake
-
-    async def process(self, ctx):
-        b = self.bus
-        cycle = -1
-        async for (_, _, arvalid, arready, awvalid, awready, wvalid, wready,
-                   rvalid, rready, rid, rdata, rresp, rlast,
-                   bvalid, bready, bid, bresp) in ctx.tick().sample(
-                b.arvalid, b.arready, b.awvalid, b.awready, b.wvalid, b.wready,
-                b.rvalid, b.rready, b.rid, b.rdata, b.rresp, b.rlast,
-                b.bvalid, b.bready, b.bid, b.bresp):
-            cycle += 1
-            r = (rid, rdata, rresp, rlast) if rvalid else None
-            bb = (bid, bresp) if bvalid else None
-            self.edges.append((arvalid and arready, awvalid and awready, wvalid and wready,
-                               arready, awready, wready, r, bb))
-            if rvalid and rready:
-                self.r.append((cycle, rid, rdata, rresp, rlast))
-            if bvalid and bready:
-                self.b.append((cycle, bid, bresp))
 
 
 def make_traffic(seed, bus_bytes, size, span):
@@ -137,10 +107,10 @@ async def idle(ctx, cycles):
 
 
 def run_traffic(bench, bus, processes, traffic, size_log2, after=None):
-    """Drive ``traffic`` into ``bus``; returns the Trace once every response has arrived.
+    """Drive ``traffic`` into ``bus``; returns the AXI4Monitor once every response has arrived.
     ``after(ctx)``, if given, runs in the testbench right then."""
     reads, writes, rready, bready, w_gaps = traffic
-    trace = Trace(bus)
+    trace = AXI4Monitor(bus)
     n_beats = sum(r[1] for r in reads)
     done = []
 
@@ -283,14 +253,7 @@ def two_core_gemm(cfg, m=12, k=10, n=6):
     rng = np.random.default_rng(1)
     a = rng.integers(-128, 128, (m, k)).astype(np.int8)
     b = rng.integers(-128, 128, (k, n)).astype(np.int8)
-    image = build_gemm_image(cfg, a, b, raw=True, cores=2)
-    programs = compiler.compile_gemm(cfg, image.plan, image.layout, image.weights,
-                                     barrier_after=True)
-    ends = [*image.starts[1:], image.layout.a_addr]
-    for start, end, program in zip(image.starts, ends, programs):
-        code = np.frombuffer(program.end().to_bytes(), np.uint8)
-        assert start + len(code) <= end
-        image.memory[start:start + len(code)] = code
+    image = build_gemm_image(cfg, a, b, raw=True, cores=2, barrier_after=True)
     return image, a, b
 
 

@@ -9,7 +9,6 @@ Builds are kept in build/verilator/ and reused across sessions while the sources
 import numpy as np
 import pytest
 
-from npu.firmware import compiler
 from npu.firmware.device import Device, build_gemm_image
 from npu.rtl.config import NPUConfig
 from npu.rtl.control import COUNTERS
@@ -53,15 +52,7 @@ def gemm(cfg, m, k, n, *, seed, cores=1, barrier=False):
     rng = np.random.default_rng(seed)
     a = rng.integers(-128, 128, (m, k)).astype(np.int8)
     b = rng.integers(-128, 128, (k, n)).astype(np.int8)
-    image = build_gemm_image(cfg, a, b, raw=True, cores=cores)
-    if barrier:
-        programs = compiler.compile_gemm(cfg, image.plan, image.layout, image.weights,
-                                         barrier_after=True)
-        ends = [*image.starts[1:], image.layout.a_addr]
-        for start, end, program in zip(image.starts, ends, programs):
-            code = np.frombuffer(program.end().to_bytes(), np.uint8)
-            assert start + len(code) <= end
-            image.memory[start:start + len(code)] = code
+    image = build_gemm_image(cfg, a, b, raw=True, cores=cores, barrier_after=barrier)
     return image, a, b
 
 
