@@ -1,6 +1,7 @@
-"""Testbench helpers for ``amaranth.lib.stream`` interfaces (async testbenches only)."""
+"""Testbench helpers for valid/ready handshakes: ``amaranth.lib.stream`` interfaces and bus
+channels (async testbenches only)."""
 
-__all__ = ["stream_put", "stream_get"]
+__all__ = ["stream_put", "stream_get", "offer"]
 
 
 async def stream_put(ctx, stream, payload):
@@ -17,3 +18,16 @@ async def stream_get(ctx, stream):
     (payload,) = await ctx.tick().sample(stream.payload).until(stream.valid)
     ctx.set(stream.ready, 0)
     return payload
+
+
+async def offer(ctx, valid, ready, payload):
+    """Hold ``valid`` with ``payload`` ((signal, value) pairs) until the handshake edge: for
+    any valid/ready channel, e.g. an AXI address or data channel."""
+    for signal, value in payload:
+        ctx.set(signal, value)
+    ctx.set(valid, 1)
+    # A plain loop rather than `.until()`: when a model raises, the simulation is abandoned
+    # with this coroutine suspended, and closing a suspended `.until()` warns.
+    while not (await ctx.tick().sample(ready))[2]:
+        pass
+    ctx.set(valid, 0)

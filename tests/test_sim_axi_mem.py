@@ -10,6 +10,7 @@ from npu.rtl.bus import BURST_INCR, RESP_OKAY, RESP_SLVERR, AXI4Signature
 from npu.sim.amaranth_sim import run_simulation
 from npu.sim.axi_mem import AXI4Memory, AXIProtocolError
 from npu.sim.axi_monitor import AXI4Monitor
+from npu.sim.streams import offer
 
 
 class Port(wiring.Component):
@@ -23,18 +24,6 @@ class Port(wiring.Component):
         m = Module()
         m.domains.sync = ClockDomain()  # the clock the testbench and the memory model share
         return m
-
-
-async def offer(ctx, valid, ready, payload):
-    """Hold ``valid`` with ``payload`` ((signal, value) pairs) until the handshake edge."""
-    for signal, value in payload:
-        ctx.set(signal, value)
-    ctx.set(valid, 1)
-    # A plain loop rather than `.until()`: when the model raises, the simulation is abandoned
-    # with this coroutine suspended, and closing a suspended `.until()` warns.
-    while not (await ctx.tick().sample(ready))[2]:
-        pass
-    ctx.set(valid, 0)
 
 
 def full_size(bus):

@@ -22,6 +22,7 @@ from npu.sim.axi_mem import AXI4Memory
 from npu.sim.axi_mem_hdl import AXI4MemoryHDL
 from npu.sim.axi_monitor import AXI4Monitor
 from npu.sim.axil import axil_read, axil_write
+from npu.sim.streams import offer
 from npu.sim.verilator_backend import NPUHarness
 
 
@@ -90,15 +91,6 @@ def make_traffic(seed, bus_bytes, size, span):
     bready[300:400] = 0
     w_gaps = rng.choice([0, 0, 0, 1, 2], size=1000)
     return reads, writes, rready.tolist(), bready.tolist(), w_gaps.tolist()
-
-
-async def offer(ctx, valid, ready, payload):
-    for signal, value in payload:
-        ctx.set(signal, value)
-    ctx.set(valid, 1)
-    while not (await ctx.tick().sample(ready))[2]:
-        pass
-    ctx.set(valid, 0)
 
 
 async def idle(ctx, cycles):
