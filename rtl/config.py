@@ -92,10 +92,15 @@ class NPUConfig:
     counter_width : int
         Bits of each performance counter but ``cycles`` (always 32), 1..32; a counter wraps
         at ``2**counter_width`` (its register reads zeros above).
+    retime : bool
+        Extra register stages for FPGA clock rates: the requantiser takes 11 stages instead
+        of 5, the execute unit registers the gathered activation vector before the array and
+        each processing element its product before the add (array latency ``R + C``). The
+        FPGA builds for the ECP5 set it (see ``npu.synth.boards``).
 
     ``fetch_depth``, ``unit_queue_depth``, ``requant_lanes``, ``requant_sequential``,
-    ``load_queue_depth``, ``store_queue_depth`` and ``zero_lookahead`` change only the timing
-    (cycle counts), never a result.
+    ``load_queue_depth``, ``store_queue_depth``, ``zero_lookahead`` and ``retime`` change only
+    the timing (cycle counts), never a result.
     """
 
     rows: int = 8
@@ -117,6 +122,7 @@ class NPUConfig:
     zero_skip: bool = True
     zero_lookahead: int = 4
     counter_width: int = 32
+    retime: bool = False
     # Widths of the datapath; fixed by the INT8 design, kept here so that no constant is
     # repeated elsewhere.
     in_width: int = field(default=8, init=False)
@@ -177,6 +183,8 @@ class NPUConfig:
             raise TypeError(f"Zero skipping must be True or False, not {self.zero_skip!r}")
         _check_positive_int("Zero lookahead", self.zero_lookahead, maximum=8)
         _check_positive_int("Counter width", self.counter_width, maximum=32)
+        if not isinstance(self.retime, bool):
+            raise TypeError(f"Retiming must be True or False, not {self.retime!r}")
         if self.rounding not in ROUNDING_MODES:
             raise ValueError(
                 f"Rounding mode must be 'double' or 'single', not {self.rounding!r}")

@@ -3,7 +3,7 @@
 See docs/architecture.md for the block diagram and the cycle model.
 """
 
-from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal
+from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal, Value
 from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -282,7 +282,8 @@ class NPUCore(wiring.Component):
                 with m.Elif(bus_error):
                     fail(ErrorCode.BUS_ERROR)
                 with m.Elif(fetch.o.valid):
-                    m.d.sync += [ins.eq(fetch.o.payload.instr), fault.eq(fetch.o.payload.fault)]
+                    m.d.sync += [ins.eq(fetch.o.payload.instr), fault.eq(fetch.o.payload.fault),
+                                 check.fetch(data.View(Instruction, fetch.o.payload.instr), cfg)]
                     m.next = "DECODE"
             with m.State("DECODE"):
                 # The extents are registered here and compared in CHECK.
@@ -367,9 +368,18 @@ class NPUCore(wiring.Component):
             width = 32 if name == "cycles" else cfg.counter_width
             counter = Signal(width, name=f"counter_{name}")
             m.d.comb += getattr(counters, name).eq(counter)
+            if name != "cycles":
+                # An event is registered before it is added, so that the units' logic and the
+                # counter's carry chain are not one path; the counter lags its event by a
+                # cycle (the last event of a run lands the cycle after the core stops).
+                event = Signal(Value.cast(inc).shape(), name=f"event_{name}")
+                m.d.sync += event.eq(Mux(busy & ~restart, inc, 0))
+                inc, busy_or_last = event, 1
+            else:
+                busy_or_last = busy
             with m.If(restart):
                 m.d.sync += counter.eq(0)
-            with m.Elif(busy):
+            with m.Elif(busy_or_last):
                 m.d.sync += counter.eq(counter + inc)
         return m
 
@@ -377,8 +387,9 @@ class NPUCore(wiring.Component):
 class _Checker:
     """The dispatch-time checks of one instruction (see ErrorCode and isa.FIELD_LIMITS).
 
-    Extents are computed from the instruction register and registered (``register()``), so
-    the multiply for the last row's address has a cycle of its own.
+    The last row's offset (a multiply) is registered as the instruction is fetched
+    (``fetch()``), the extents from it and the instruction register (``register()``), and
+    the comparisons are made from those registers: three short paths.
     """
 
     def __init__(self, m, cfg, ins, win_base, win_limit):
@@ -418,11 +429,8 @@ class _Checker:
 
         # Offset of the last row, one product for LOAD and STORE. Only used once the fields
         # passed, when rows - 1 < max(scratchpad lines, accumulator rows): no wider factor.
-        is_store = ins.op == Opcode.STORE
-        rows_m1 = Signal(ceil_log2(max(sp_lines, acc_rows)))
+        rows_m1, stride = self._rows_m1_stride(ins, cfg)
         strided = Signal()       # LOAD and STORE: rows `stride` apart
-        m.d.comb += rows_m1.eq(Mux(is_store, st.rows, ld.rows) - 1)
-        stride = Mux(is_store, st.stride, ld.stride)
         # The window lies below 2**window_bits: an address bit, or a stride bit with a second
         # row, at or above `window_bits` puts the transfer outside it; the arithmetic needs
         # only the bits below (all of them with a 32-bit bus).
@@ -432,8 +440,11 @@ class _Checker:
         m.d.comb += far.eq((first[aw:] != 0 if aw < 32 else 0)
                            | ((stride[sw:] != 0) & (rows_m1 != 0) & strided
                               if sw < len(stride) else 0))
-        span = rows_m1 * stride[:sw]
-        last_row = first[:aw] + Mux(strided, span, 0)    # address of the last row
+        # The product is taken from the fetched instruction and registered with it (see
+        # `fetch`), so that the multiplier and the adds below are not one path.
+        self._span = Signal(len(rows_m1) + sw)
+        self._sw = sw
+        last_row = first[:aw] + Mux(strided, self._span, 0)    # address of the last row
 
         with m.Switch(ins.op):
             with m.Case(Opcode.LOAD):
@@ -491,6 +502,19 @@ class _Checker:
         self._dma_r = Signal()
         m.d.comb += self.inside.eq(~self._dma_r | (~self._far_r & (self._first_r >= win_base)
                                                    & (self._end <= win_limit)))
+
+    @staticmethod
+    def _rows_m1_stride(ins, cfg):
+        is_store = ins.op == Opcode.STORE
+        rows_m1 = Mux(is_store, ins.body.store.rows, ins.body.load.rows) - 1
+        stride = Mux(is_store, ins.body.store.stride, ins.body.load.stride)
+        return rows_m1[:ceil_log2(max(cfg.sp_lines, cfg.acc_rows))], stride
+
+    def fetch(self, instr, cfg):
+        """Statements that register the last-row offset of ``instr`` (an :class:`Instruction`
+        value), the instruction that ``ins`` is loaded with in the same cycle."""
+        rows_m1, stride = self._rows_m1_stride(instr, cfg)
+        return self._span.eq(rows_m1 * stride[:self._sw])
 
     def register(self):
         return [self._end.eq(self._end_next), self._first_r.eq(self._first),

@@ -13,7 +13,7 @@ from amaranth.utils import ceil_log2
 
 from .bus import AXI4Signature
 
-__all__ = ["AXI4Arbiter"]
+__all__ = ["AXI4Arbiter", "AXI4RegisterSlice"]
 
 
 def _check_int(name, value, *, minimum, maximum=None, kind="a positive integer"):
@@ -196,3 +196,66 @@ class AXI4Arbiter(wiring.Component):
             for i, mgr in enumerate(self.managers):
                 with m.Case(i):
                     m.d.comb += getattr(out, f"{ch}ready").eq(getattr(mgr, f"{ch}ready"))
+
+
+#: The AXI4 channels: (valid, ready, payload members, direction) with "down" from manager to
+#: subordinate.
+_AXI4_CHANNELS = (
+    ("awvalid", "awready", ("awid", "awaddr", "awlen", "awsize", "awburst"), "down"),
+    ("wvalid", "wready", ("wdata", "wstrb", "wlast"), "down"),
+    ("arvalid", "arready", ("arid", "araddr", "arlen", "arsize", "arburst"), "down"),
+    ("rvalid", "rready", ("rid", "rdata", "rresp", "rlast"), "up"),
+    ("bvalid", "bready", ("bid", "bresp"), "up"),
+)
+
+
+class AXI4RegisterSlice(wiring.Component):
+    """A full AXI4 register slice: every channel's valid, payload and ready are registered.
+
+    Each of the five channels goes through a two-entry skid buffer, so no combinational path
+    crosses the slice in either direction and a channel still moves a beat every cycle; each
+    channel takes one cycle longer. For cutting timing paths between an FPGA design's
+    blocks.
+
+    Parameters
+    ----------
+    signature : AXI4Signature
+
+    Ports
+    -----
+    up : In(signature)
+        Towards the manager.
+    down : Out(signature)
+        Towards the subordinate.
+    """
+
+    def __init__(self, signature):
+        if not isinstance(signature, AXI4Signature):
+            raise TypeError(f"signature must be an AXI4Signature, not {signature!r}")
+        super().__init__({"up": In(signature), "down": Out(signature)})
+
+    def elaborate(self, platform):
+        m = Module()
+        for valid, ready, members, direction in _AXI4_CHANNELS:
+            src, dst = (self.up, self.down) if direction == "down" else (self.down, self.up)
+            payload_in = Cat(getattr(src, name) for name in members)
+            payload_out = Cat(getattr(dst, name) for name in members)
+            out_valid = Signal(name=f"{valid}_out")
+            out_data = Signal(len(payload_in), name=f"{valid[:-5]}_out")
+            skid_valid = Signal(name=f"{valid}_skid")
+            skid_data = Signal(len(payload_in), name=f"{valid[:-5]}_skid")
+            m.d.comb += [
+                getattr(dst, valid).eq(out_valid),
+                payload_out.eq(out_data),
+                getattr(src, ready).eq(~skid_valid),
+            ]
+            taken_in = getattr(src, valid) & ~skid_valid
+            with m.If(getattr(dst, ready) | ~out_valid):
+                # The output register moves: from the skid buffer first.
+                with m.If(skid_valid):
+                    m.d.sync += [out_valid.eq(1), out_data.eq(skid_data), skid_valid.eq(0)]
+                with m.Else():
+                    m.d.sync += [out_valid.eq(getattr(src, valid)), out_data.eq(payload_in)]
+            with m.Elif(taken_in):
+                m.d.sync += [skid_valid.eq(1), skid_data.eq(payload_in)]
+        return m

@@ -20,7 +20,7 @@ Results are specified for ``shift`` in ``[-31, 30]`` (what the host produces and
 other two codes of the 6-bit field give unspecified (but deterministic) results.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -70,6 +70,14 @@ class Requantiser(wiring.Component):
 
     #: Cycles from a beat accepted on ``i`` to the same beat valid on ``o`` (no stalls).
     LATENCY = 5
+    #: The same with ``config.retime``: the bias add, the 64-bit sum (three adds), the SRDHM
+    #: saturation and the final shift, zero point and clamp each get a stage of their own.
+    RETIMED_LATENCY = 11
+
+    @staticmethod
+    def latency_for(config):
+        """Pipeline depth of a :class:`Requantiser` built for ``config``."""
+        return Requantiser.RETIMED_LATENCY if config.retime else Requantiser.LATENCY
 
     @staticmethod
     def input_layout(lanes):
@@ -100,6 +108,7 @@ class Requantiser(wiring.Component):
             raise ValueError(f"Requantiser lanes must be a positive integer, not {lanes}")
         self._lanes = lanes
         self._rounding = config.rounding
+        self._retime = config.retime
         super().__init__({
             "i": In(stream.Signature(self.input_layout(lanes))),
             "o": Out(stream.Signature(self.output_layout(lanes))),
@@ -115,12 +124,13 @@ class Requantiser(wiring.Component):
 
     @property
     def latency(self):
-        return self.LATENCY
+        return self.RETIMED_LATENCY if self._retime else self.LATENCY
 
     def elaborate(self, platform):
         m = Module()
         double = self._rounding == "double"
         p_in = self.i.payload
+        latency = self.latency
 
         advance = Signal()
         m.d.comb += [
@@ -129,89 +139,113 @@ class Requantiser(wiring.Component):
         ]
 
         # Valid bits, one per stage; the last one is o.valid.
-        valid = [Signal(name=f"s{n}_valid") for n in range(1, self.LATENCY + 1)]
-        # Per-beat fields travel alongside the data (zero point and clamp used in stage 5).
+        valid = [Signal(name=f"s{n}_valid") for n in range(1, latency + 1)]
+        # Per-beat fields travel alongside the data (zero point and clamp used at the end).
         beat_fields = ("zero_point", "act_min", "act_max")
         beat = [{f: Signal(signed(8), name=f"s{n}_{f}") for f in beat_fields}
-                for n in range(1, self.LATENCY)]
+                for n in range(1, latency)]
 
         with m.If(advance):
             m.d.sync += valid[0].eq(self.i.valid)
-            m.d.sync += [valid[n].eq(valid[n - 1]) for n in range(1, self.LATENCY)]
+            m.d.sync += [valid[n].eq(valid[n - 1]) for n in range(1, latency)]
             m.d.sync += [beat[0][f].eq(p_in[f]) for f in beat_fields]
             m.d.sync += [beat[n][f].eq(beat[n - 1][f])
                          for n in range(1, len(beat)) for f in beat_fields]
         m.d.comb += self.o.valid.eq(valid[-1])
 
         for lane in range(self._lanes):
-            self._elaborate_lane(m, lane, advance, beat[-1], double)
+            self._elaborate_lane(m, lane, advance, beat, double)
         return m
 
     def _elaborate_lane(self, m, k, advance, beat, double):
         p_in = self.i.payload
+        retime = self._retime
 
-        def reg(shape, stage, what):
-            return Signal(shape, name=f"s{stage}_{what}{k}")
+        def reg(value, what, shape=None):
+            """``value`` registered (the pipeline advancing)."""
+            sig = Signal(shape if shape is not None else Value.cast(value).shape(),
+                         name=f"{what}{k}")
+            with m.If(advance):
+                m.d.sync += sig.eq(value)
+            return sig
+
+        def retimed(value, what, shape=None):
+            """``value`` registered only when retiming: an extra stage."""
+            return reg(value, what, shape) if retime else value
 
         # Stage 1: bias add (int32 wrap); double rounding also applies the left shift.
-        s1_x = reg(signed(32), 1, "x")
-        s1_m = reg(signed(32), 1, "m")
-        s1_e = reg(unsigned(6), 1, "e")  # double: right shift 0..31; single: 30 - shift, 0..61
-        x = (p_in.acc[k] + p_in.bias[k])[:32].as_signed()
-        shift = p_in.shift[k]
+        x = retimed((p_in.acc[k] + p_in.bias[k])[:32].as_signed(), "s0_x", signed(32))
+        shift = retimed(p_in.shift[k], "s0_shift")
+        multiplier = retimed(p_in.multiplier[k], "s0_m")
         if double:
             left = Mux(shift > 0, shift, 0)[:5]
             x_next = (x << left)[:32].as_signed()
+            # e: double: right shift 0..31; single: 30 - shift, 0..61.
             e_next = Mux(shift < 0, -shift, 0)[:6]
         else:
             x_next = x
             e_next = (30 - shift)[:6]
+        s1_x = reg(x_next, "s1_x", signed(32))
+        s1_m = reg(multiplier, "s1_m", signed(32))
+        e = reg(e_next, "s1_e", unsigned(6))
 
         # Stage 2: x * M as four partial products: a = aH * 2**16 + aL with aL unsigned.
-        s2_ll = reg(unsigned(32), 2, "pp_ll")
-        s2_hl = reg(signed(33), 2, "pp_hl")
-        s2_lh = reg(signed(33), 2, "pp_lh")
-        s2_hh = reg(signed(32), 2, "pp_hh")
-        s2_e = reg(unsigned(6), 2, "e")
         a_lo, a_hi = s1_x[:16], s1_x[16:].as_signed()
         b_lo, b_hi = s1_m[:16], s1_m[16:].as_signed()
+        ll = reg(a_lo * b_lo, "s2_pp_ll", unsigned(32))
+        hl = reg(a_hi * b_lo, "s2_pp_hl", signed(33))
+        lh = reg(a_lo * b_hi, "s2_pp_lh", signed(33))
+        hh = reg(a_hi * b_hi, "s2_pp_hh", signed(32))
+        e = reg(e, "s2_e")
 
         # Stage 3: the 64-bit product; for double rounding plus SRDHM's 2**30 (see module doc).
-        s3_p = reg(signed(64), 3, "p")
-        s3_e = reg(unsigned(6), 3, "e")
         nudge = 2**30 if double else 0
-        product = s2_ll + ((s2_hl + s2_lh) << 16) + (s2_hh << 32) + nudge
+        if retime:
+            # One carry chain per stage.
+            mid = reg(hl + lh, "s3a_mid", signed(34))
+            ll = reg(ll + nudge, "s3a_ll", unsigned(33))
+            hh = reg(hh, "s3a_hh")
+            e = reg(e, "s3a_e")
+            low = reg(ll + (mid << 16), "s3b_low", signed(52))
+            hh = reg(hh, "s3b_hh")
+            e = reg(e, "s3b_e")
+            product = low + (hh << 32)
+        else:
+            product = ll + ((hl + lh) << 16) + (hh << 32) + nudge
+        s3_p = reg(product, "s3_p", signed(64))
+        s3_e = reg(e, "s3_e")
 
         # Stage 4.
-        s4_e = reg(unsigned(6), 4, "e")
         if double:
             # SRDHM = p >> 31 (33 bits); only INT32_MIN * INT32_MIN exceeds int32: saturate.
             high = s3_p[31:].as_signed()
             srdhm = Mux(high > _INT32_MAX, _INT32_MAX, high[:32]).as_signed()
             # RoundingDivideByPOT(y, e) = (y + 2**(e-1) - [y < 0]) >> e for e >= 1; y for e = 0.
             half = (Const(1, 1) << s3_e)[1:33]  # 2**(e-1), or 0 for e = 0
-            s4_z = reg(signed(34), 4, "z")
-            z_next = srdhm + half - (srdhm[31] & (s3_e != 0))
+            neg = srdhm[31] & (s3_e != 0)
+            srdhm = retimed(srdhm, "s4a_srdhm", signed(32))
+            half = retimed(half, "s4a_half", unsigned(32))
+            neg = retimed(neg, "s4a_neg", unsigned(1))
+            z_next = srdhm + half - neg
+            z_shape = signed(34)
         else:
             # (p + 2**(t-1)) >> t == ((p >> (t-1)) + 1) >> 1, with t - 1 = 30 - shift = e.
-            s4_z = reg(signed(64), 4, "z")
-            z_next = s3_p >> s3_e
-
-        with m.If(advance):
-            m.d.sync += [
-                s1_x.eq(x_next), s1_m.eq(p_in.multiplier[k]), s1_e.eq(e_next),
-                s2_ll.eq(a_lo * b_lo), s2_hl.eq(a_hi * b_lo), s2_lh.eq(a_lo * b_hi),
-                s2_hh.eq(a_hi * b_hi), s2_e.eq(s1_e),
-                s3_p.eq(product), s3_e.eq(s2_e),
-                s4_z.eq(z_next), s4_e.eq(s3_e),
-            ]
+            z_next = retimed(s3_p, "s4a_p") >> retimed(s3_e, "s4a_e")
+            z_shape = signed(64)
+        s4_z = reg(z_next, "s4_z", z_shape)
+        s4_e = reg(retimed(s3_e, "s4a_e2") if double else s3_e, "s4_e")
 
         # Stage 5: final shift, zero point (exact, no wrap), clamp in TFLite's order.
         y = (s4_z >> s4_e) if double else ((s4_z + 1) >> 1)
-        v = y + beat["zero_point"]
-        lo, hi = beat["act_min"], beat["act_max"]
-        floored = Mux(v < lo, lo, v)
-        clamped = Mux(floored > hi, hi, floored)
+        if retime:
+            y = reg(y, "s5a_y")
+            v = reg(y + beat[-2]["zero_point"], "s5b_v")
+        else:
+            v = y + beat[-1]["zero_point"]
+        lo, hi = beat[-1]["act_min"], beat[-1]["act_max"]
+        # min(max(v, lo), hi) with both comparisons on v, side by side.
+        below, above = v < lo, v > hi
+        clamped = Mux(below, Mux(lo > hi, hi, lo), Mux(above, hi, v))
         with m.If(advance):
             m.d.sync += self.o.payload[k].eq(clamped[:8])
 
@@ -250,7 +284,7 @@ class SerialRequantiser(wiring.Component):
     @property
     def latency(self):
         """Cycles from a row's first group accepted to the row valid on ``o`` (no stalls)."""
-        return Requantiser.LATENCY + self.groups - 1
+        return Requantiser.latency_for(self._config) + self.groups - 1
 
     def elaborate(self, platform):
         m = Module()

@@ -55,6 +55,10 @@ class ProcessingElement(wiring.Component):
     w_bank: In(1)
     w_data: In(signed(8))
 
+    def __init__(self, *, product_register=False):
+        self.product_register = product_register
+        super().__init__()
+
     def elaborate(self, platform):
         m = Module()
         weights = [Signal(signed(8), name=f"w{b}") for b in range(2)]
@@ -64,12 +68,20 @@ class ProcessingElement(wiring.Component):
             with m.Else():
                 m.d.sync += weights[0].eq(self.w_data)
         weight = Mux(self.a_bank_in, weights[1], weights[0])
+        # int8 x int8 fits 16 bits; the int32 sum wraps like the accumulator does.
+        product = self.a_in * weight
+        if self.product_register:
+            # The multiplier and the adder in separate cycles: psum_in arrives a cycle later
+            # too, because every row above is one cycle later as well.
+            registered = Signal(signed(16))
+            with m.If(self.en):
+                m.d.sync += registered.eq(product)
+            product = registered
         with m.If(self.en):
             m.d.sync += [
                 self.a_out.eq(self.a_in),
                 self.a_bank_out.eq(self.a_bank_in),
-                # int8 x int8 fits 16 bits; the int32 sum wraps like the accumulator does.
-                self.psum_out.eq(self.psum_in + self.a_in * weight),
+                self.psum_out.eq(self.psum_in + product),
             ]
         return m
 
@@ -105,7 +117,7 @@ class SystolicArray(wiring.Component):
         self.config = config
         self.rows = config.rows
         self.cols = config.cols
-        self.latency = self.rows + self.cols - 1
+        self.latency = self.rows + self.cols - 1 + config.retime
         self.tag_shape = tag_shape
         super().__init__({
             "a": In(stream.Signature(data.StructLayout({
@@ -136,7 +148,8 @@ class SystolicArray(wiring.Component):
             self.w.ready.eq(~self.bank_busy.bit_select(self.w.p.bank, 1)),
         ]
 
-        pes = [[ProcessingElement() for _ in range(C)] for _ in range(R)]
+        pes = [[ProcessingElement(product_register=self.config.retime) for _ in range(C)]
+               for _ in range(R)]
         for i in range(R):
             for j in range(C):
                 m.submodules[f"pe_{i}_{j}"] = pes[i][j]

@@ -97,6 +97,14 @@ def _check_config(config):
         raise TypeError(f"config must be an NPUConfig, not {config!r}")
 
 
+def _tree_sum(values):
+    """The sum of ``values`` as a balanced tree of adds (log2(n) adders deep, not n)."""
+    while len(values) > 1:
+        values = [values[i] + values[i + 1] if i + 1 < len(values) else values[i]
+                  for i in range(0, len(values), 2)]
+    return values[0]
+
+
 def _burst_len(m, config, addr, beats_left):
     """Beats of the next burst: what is left of the row, cut at the 4 KB boundary AXI forbids
     a burst to cross, and at 256 beats."""
@@ -119,6 +127,10 @@ class _BurstGenerator(wiring.Component):
     ``max_rows`` and ``max_beats`` bound ``rows`` and ``beats_per_row`` (the dispatch checks
     guarantee them), so the counters are no wider than the configuration needs; addresses
     are ``config.addr_width`` bits, the width of the bus.
+
+    With ``config.retime`` the start is registered (the transfer begins a cycle later) and
+    so is each burst's length (a burst is offered two cycles after the one before it was
+    taken, at the earliest).
     """
 
     def __init__(self, config, *, max_rows, max_beats):
@@ -141,29 +153,49 @@ class _BurstGenerator(wiring.Component):
         beats_per_row = Signal(range(self._max_total + 1))
         # Only the low `aw` bits of a row address reach the bus.
         stride = Signal(min(24, aw))
+        start = {name: getattr(self, name)
+                 for name in ("start", "addr0", "stride", "rows", "beats_per_row")}
+        if self._config.retime:
+            # The transfer is taken a cycle after `start` (busy meanwhile), so that the
+            # instruction decode and the set-up below are not one path.
+            for name, port in start.items():
+                start[name] = Signal.like(port, name=f"{name}_r")
+                m.d.sync += start[name].eq(port)
         beats = _burst_len(m, self._config, addr, beats_left)
+        offer = Signal()
+        if self._config.retime:
+            # The burst length is registered: computed the cycle after the address and count
+            # change, offered the cycle after that.
+            beats_now, beats = beats, Signal.like(beats)
+            stale = Signal()
+            m.d.sync += [beats.eq(beats_now),
+                         stale.eq(start["start"] | (self.valid & self.ready))]
+            m.d.comb += offer.eq(~stale)
+        else:
+            m.d.comb += offer.eq(1)
         # Rows that follow each other without a gap are one transfer: long bursts keep the
         # memory busy with fewer requests in flight.
         log2_bytes = exact_log2(self._config.bus_bytes)
         contiguous = Signal()
-        m.d.comb += contiguous.eq(self.stride == (self.beats_per_row << log2_bytes))
+        m.d.comb += contiguous.eq(start["stride"] == (start["beats_per_row"] << log2_bytes))
         m.d.comb += [
-            self.busy.eq(rows_left != 0),
-            self.valid.eq(rows_left != 0),
+            self.busy.eq((rows_left != 0) | (start["start"] if self._config.retime else 0)),
+            self.valid.eq((rows_left != 0) & offer),
             self.addr.eq(addr),
             self.len.eq(beats - 1),
         ]
-        with m.If(self.start & contiguous & (self.rows != 0)):
+        with m.If(start["start"] & contiguous & (start["rows"] != 0)):
+            total = start["rows"] * start["beats_per_row"]
             m.d.sync += [
-                rows_left.eq(1), beats_left.eq(self.rows * self.beats_per_row),
-                row_addr.eq(self.addr0), addr.eq(self.addr0),
-                beats_per_row.eq(self.rows * self.beats_per_row), stride.eq(0),
+                rows_left.eq(1), beats_left.eq(total),
+                row_addr.eq(start["addr0"]), addr.eq(start["addr0"]),
+                beats_per_row.eq(total), stride.eq(0),
             ]
-        with m.Elif(self.start):
+        with m.Elif(start["start"]):
             m.d.sync += [
-                rows_left.eq(self.rows), beats_left.eq(self.beats_per_row),
-                row_addr.eq(self.addr0), addr.eq(self.addr0),
-                beats_per_row.eq(self.beats_per_row), stride.eq(self.stride),
+                rows_left.eq(start["rows"]), beats_left.eq(start["beats_per_row"]),
+                row_addr.eq(start["addr0"]), addr.eq(start["addr0"]),
+                beats_per_row.eq(start["beats_per_row"]), stride.eq(start["stride"]),
             ]
         with m.Elif(self.valid & self.ready):
             with m.If(beats_left == beats):
@@ -244,20 +276,27 @@ class FetchUnit(wiring.Component):
         m.d.comb += self.inflight.eq(outstanding != 0)
 
         inside = Signal()
-        m.d.comb += inside.eq((addr >= self.win_base)
-                              & (addr + INSTR_BYTES <= self.win_limit)
-                              & (addr <= (1 << cfg.window_bits) - 1 - INSTR_BYTES))
+        inside_now = ((addr >= self.win_base)
+                      & (addr + INSTR_BYTES <= self.win_limit)
+                      & (addr <= (1 << cfg.window_bits) - 1 - INSTR_BYTES))
+        # `inside` is true for the current `addr` unless `stale`.
+        stale = Signal()
+        issue = Signal()
+        if cfg.retime:
+            # The window check is registered: it is valid the cycle after `addr` changes.
+            m.d.sync += [inside.eq(inside_now), stale.eq(issue | self.start)]
+        else:
+            m.d.comb += inside.eq(inside_now)
         room = Signal()
         m.d.comb += room.eq(level + outstanding < depth)
 
-        issue = Signal()
         # An offered address stays offered until taken (AXI), even if the core stops
         # meanwhile; its instruction is then read and dropped.
         offered = Signal()
         m.d.comb += [
             self.bus.araddr.eq(addr),
             self.bus.arlen.eq(beats - 1),
-            self.bus.arvalid.eq(offered | (active & ~self.stop & inside & room)),
+            self.bus.arvalid.eq(offered | (active & ~self.stop & ~stale & inside & room)),
             issue.eq(self.bus.arvalid & self.bus.arready),
             self.bus.rready.eq(1),
         ]
@@ -275,7 +314,8 @@ class FetchUnit(wiring.Component):
                 m.d.sync += bus_err.eq(0)
 
         fault_entry = Signal()
-        m.d.comb += fault_entry.eq(active & ~self.stop & ~inside & (outstanding == 0) & room)
+        m.d.comb += fault_entry.eq(active & ~self.stop & ~stale & ~inside & (outstanding == 0)
+                                   & room)
 
         with m.If(retire):
             enqueue(got, Cat(Const(0, 1), bus_err | (self.bus.rresp != 0)))
@@ -562,13 +602,15 @@ class ExecuteUnit(wiring.Component):
         w_taken = Signal()
         w_adv = Signal()
         bank_free = Signal()
+        # Banks a read-stage vector uses before the array sees it (retimed: the gather stage).
+        pre_array = Signal(2)
         m.d.comb += [
-            bank_free.eq(~array.bank_busy.bit_select(w_bank, 1)),
-            w_taken.eq(w_s1 & Mux(w_s1_row < R, array.w.ready, bank_free)),
+            bank_free.eq(~(array.bank_busy | pre_array).bit_select(w_bank, 1)),
+            w_taken.eq(w_s1 & Mux(w_s1_row < R, array.w.ready, 1) & bank_free),
             w_adv.eq(~w_s1 | w_taken),
             self.sp_w.en.eq(w_adv),
             self.sp_w.addr.eq(w_addr),
-            array.w.valid.eq(w_s1 & (w_s1_row < R)),
+            array.w.valid.eq(w_s1 & (w_s1_row < R) & ~pre_array.bit_select(w_bank, 1)),
             array.w.p.row.eq(w_s1_row),
             array.w.p.bank.eq(w_bank),
         ]
@@ -579,7 +621,7 @@ class ExecuteUnit(wiring.Component):
             with m.If(w_left != 0):
                 m.d.sync += [w_left.eq(w_left - 1), w_addr.eq(w_addr + 1), w_row.eq(w_row + 1)]
         zeros_in_row = Signal(range(C + 1))
-        m.d.comb += zeros_in_row.eq(sum(self.sp_w.data[j] == 0 for j in range(C)))
+        m.d.comb += zeros_in_row.eq(_tree_sum([self.sp_w.data[j] == 0 for j in range(C)]))
         for b in range(2):
             with m.If(w_taken & (w_bank == b)):
                 with m.If(w_s1_row < R):
@@ -619,10 +661,21 @@ class ExecuteUnit(wiring.Component):
         s1_push_prev = Signal()
         s1_taken = Signal()
         a_adv = Signal()
+        # Retimed, the gathered vector is registered (stage s2) before the array; the array
+        # never stalls its input (its output is always taken), so s2 always advances.
+        s2 = Signal()
+        s2_bank = Signal()
+        s2_tag = Signal(AccTag(cfg))
+        s2_push_prev = Signal()
+        s2_lanes = Signal(data.ArrayLayout(signed(8), R))
+        to_array = Signal()       # the vector offered to the array is taken
         m.d.comb += [
-            s1_taken.eq(s1 & array.a.ready),
+            s1_taken.eq(s1 & (1 if cfg.retime else array.a.ready)),
             a_adv.eq(~s1 | s1_taken),
+            to_array.eq(array.a.valid & array.a.ready),
         ]
+        if cfg.retime:
+            m.d.comb += pre_array.eq(Mux(s1, 1 << s1_bank, 0))
 
         keep = Signal(W)          # candidate j must be issued
         for j in range(W):
@@ -646,8 +699,12 @@ class ExecuteUnit(wiring.Component):
             active.eq(a_adv & (a_left != 0)),
             self.sp_a.en.eq(a_adv),
             self.sp_a.addr.eq(a_addr + pick),
-            self.skipped.eq(Mux(active, step - found, 0)),
         ]
+        skipped = Mux(active, step - found, 0)
+        if cfg.retime:
+            m.d.sync += self.skipped.eq(skipped)
+        else:
+            m.d.comb += self.skipped.eq(skipped)
         with m.If(a_adv):
             m.d.sync += s1.eq(active & found)
         with m.If(active):
@@ -672,20 +729,37 @@ class ExecuteUnit(wiring.Component):
                     with m.Case(b):
                         m.d.comb += lane.eq(line[b])
             lanes.append(lane)
-            m.d.comb += array.a.p.data[i].eq(lane)
+        if cfg.retime:
+            m.d.sync += [
+                s2.eq(s1), s2_bank.eq(s1_bank), s2_tag.eq(s1_tag),
+                s2_push_prev.eq(s1 & s1_push_prev),
+                s2_lanes.eq(Cat(lanes)),
+            ]
+            offered = dict(valid=s2, bank=s2_bank, tag=s2_tag, push_prev=s2_push_prev,
+                           lanes=list(s2_lanes))
+        else:
+            offered = dict(valid=s1, bank=s1_bank, tag=s1_tag, push_prev=s1_push_prev,
+                           lanes=lanes)
         m.d.comb += [
-            array.a.valid.eq(s1),
-            array.a.p.bank.eq(s1_bank),
-            array.a.p.tag.eq(s1_tag),
-            self.vector.eq(s1_taken),
+            array.a.valid.eq(offered["valid"]),
+            array.a.p.bank.eq(offered["bank"]),
+            array.a.p.tag.eq(offered["tag"]),
+            self.vector.eq(to_array),
         ]
-        gated = Signal.like(self.gated)
-        m.d.comb += gated.eq(sum(Mux(lanes[i] == 0, C,
-                                     Mux(s1_bank, wzero[1][i], wzero[0][i]))
-                                 for i in range(R)))
-        m.d.comb += self.gated.eq(Mux(s1_taken, gated, 0))
+        m.d.comb += [array.a.p.data[i].eq(offered["lanes"][i]) for i in range(R)]
+        terms = [Mux(to_array, Mux(offered["lanes"][i] == 0, C,
+                                   Mux(offered["bank"], wzero[1][i], wzero[0][i])), 0)
+                 for i in range(R)]
+        if cfg.retime:
+            # Counted two cycles late (the counters only need the totals): the per-lane
+            # counts are registered, then their sum.
+            registered = [Signal(range(C + 1), name=f"gated_lane{i}") for i in range(R)]
+            m.d.sync += [reg.eq(term) for reg, term in zip(registered, terms)]
+            m.d.sync += self.gated.eq(_tree_sum(registered))
+        else:
+            m.d.comb += self.gated.eq(_tree_sum(terms))
         a_busy = Signal()
-        m.d.comb += a_busy.eq((a_left != 0) | s1)
+        m.d.comb += a_busy.eq((a_left != 0) | s1 | s2)
 
         # Write-back: read the row at the array's output, add, write one cycle later.
         wb_valid = Signal()
@@ -709,7 +783,7 @@ class ExecuteUnit(wiring.Component):
             wb_push_next.eq(array.o.valid & array.o.p.tag.push_next),
             wb_data.eq(array.o.p.data),
         ]
-        m.d.comb += self.late_push.eq(Cat(s1_taken & s1_push_prev, wb_push_next))
+        m.d.comb += self.late_push.eq(Cat(to_array & offered["push_prev"], wb_push_next))
         drained = Signal()
         m.d.comb += drained.eq(~a_busy & (array.bank_busy == 0) & ~wb_valid)
 

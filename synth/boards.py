@@ -74,8 +74,11 @@ BOARDS = {
     "ulx3s-85f": Board(
         name="ulx3s-85f", platform=ULX3S_85F_Platform, family="ecp5",
         clock_hz=100e6, board_clock_hz=25e6,
+        # The FPGA register stages (``retime``) and a one-line zero lookahead: the clock is
+        # what the ECP5 build is for.
         defaults={"bus_width": 64, "scratchpad_bytes": 16384, "acc_rows": 512,
-                  "param_slots": 16, "mem_bytes": 65536},
+                  "param_slots": 16, "retime": True, "zero_lookahead": 1,
+                  "mem_bytes": 65536},
         dsp_cell="MULT18X18D", dsp_count=156,
         lut_cell="TRELLIS_COMB", ff_cell="TRELLIS_FF", ram_cells=("DP16KD",)),
     "icebreaker": Board(

@@ -11,7 +11,7 @@ from amaranth.lib.wiring import In, Out
 from npu.rtl.bus import AXI4Signature
 from npu.rtl.config import NPUConfig
 from npu.rtl.csr import ControlRegisters
-from npu.rtl.interconnect import AXI4Arbiter
+from npu.rtl.interconnect import AXI4Arbiter, AXI4RegisterSlice
 from npu.rtl.top import NPU
 
 from .bridge import HostBridge
@@ -56,12 +56,15 @@ class NPUSystem(wiring.Component):
         self.config = config
         self.npu = NPU(config)
         up = self.npu.axi.signature
+        # Retimed, AXI4 register slices cut the paths from the NPU to the arbiter and from
+        # the arbiter to the memory.
+        self.slice = AXI4RegisterSlice(up) if config.retime else None
         self.arbiter = AXI4Arbiter(managers=2, addr_width=config.addr_width,
                                    data_width=config.bus_width, id_width=up.id_width)
-        self.memory = AXI4OnChipMemory(
-            AXI4Signature(addr_width=config.addr_width, data_width=config.bus_width,
-                          id_width=self.arbiter.out_id_width),
-            size=mem_bytes, spram=spram)
+        down = AXI4Signature(addr_width=config.addr_width, data_width=config.bus_width,
+                             id_width=self.arbiter.out_id_width)
+        self.memory_slice = AXI4RegisterSlice(down) if config.retime else None
+        self.memory = AXI4OnChipMemory(down, size=mem_bytes, spram=spram)
         self.bridge = HostBridge(csr_addr_width=ControlRegisters.ADDR_WIDTH,
                                  mem_signature=up, mem_bytes=mem_bytes, timeout=timeout)
         self.mem_bytes = mem_bytes
@@ -77,9 +80,19 @@ class NPUSystem(wiring.Component):
         m.submodules.arbiter = self.arbiter
         m.submodules.memory = self.memory
         m.submodules.bridge = self.bridge
-        wiring.connect(m, self.npu.axi, self.arbiter.m0)
+        if self.slice is not None:
+            m.submodules.slice = self.slice
+            wiring.connect(m, self.npu.axi, self.slice.up)
+            wiring.connect(m, self.slice.down, self.arbiter.m0)
+        else:
+            wiring.connect(m, self.npu.axi, self.arbiter.m0)
         wiring.connect(m, self.bridge.mem, self.arbiter.m1)
-        wiring.connect(m, self.arbiter.out, self.memory.bus)
+        if self.memory_slice is not None:
+            m.submodules.memory_slice = self.memory_slice
+            wiring.connect(m, self.arbiter.out, self.memory_slice.up)
+            wiring.connect(m, self.memory_slice.down, self.memory.bus)
+        else:
+            wiring.connect(m, self.arbiter.out, self.memory.bus)
         wiring.connect(m, self.bridge.csr, self.npu.csr)
         wiring.connect(m, wiring.flipped(self.rx), self.bridge.rx)
         wiring.connect(m, self.bridge.tx, wiring.flipped(self.tx))

@@ -39,9 +39,10 @@ def test_structured_sparse_gemm_on_golden_equals_numpy_and_dense(sparsity):
         assert tiles.tiles == 3          # one empty tile per N-block still writes the zeros
 
 
+@pytest.mark.parametrize("retime", [False, True])
 @pytest.mark.parametrize("sparsity", [0.0, 0.25, 0.5, 0.75, 0.9, 1.0])
-def test_structured_sparse_gemm_on_amaranth_equals_numpy(sparsity):
-    cfg = NPUConfig(rows=4, cols=4)
+def test_structured_sparse_gemm_on_amaranth_equals_numpy(sparsity, retime):
+    cfg = NPUConfig(rows=4, cols=4, retime=retime)
     rng = np.random.default_rng(7 + int(sparsity * 10))
     a = rng.integers(-128, 128, (12, 40)).astype(np.int8)
     w = structured(rng, 40, 6, sparsity, cfg.gather_bytes)
@@ -54,8 +55,9 @@ def test_structured_sparse_gemm_on_amaranth_equals_numpy(sparsity):
         assert hw.stats[key] == gold.stats[key], key
 
 
-def test_unstructured_zeros_are_gated_and_counted_identically():
-    cfg = NPUConfig(rows=4, cols=4)
+@pytest.mark.parametrize("retime", [False, True])
+def test_unstructured_zeros_are_gated_and_counted_identically(retime):
+    cfg = NPUConfig(rows=4, cols=4, retime=retime)
     rng = np.random.default_rng(3)
     a = rng.integers(-128, 128, (10, 16)).astype(np.int8)
     w = rng.integers(-128, 128, (16, 8)).astype(np.int8)
@@ -72,8 +74,9 @@ def test_unstructured_zeros_are_gated_and_counted_identically():
     assert results["golden"][1] > 0
 
 
-def test_zero_activation_vectors_are_skipped_when_accumulating():
-    cfg = NPUConfig(rows=4, cols=4, sparse_group=1)
+@pytest.mark.parametrize("retime", [False, True])
+def test_zero_activation_vectors_are_skipped_when_accumulating(retime):
+    cfg = NPUConfig(rows=4, cols=4, sparse_group=1, retime=retime)
     rng = np.random.default_rng(4)
     a = rng.integers(1, 128, (16, 8)).astype(np.int8)
     a[4:12, 4:] = 0         # rows 4..11 zero in K-block 1 (the accumulating one)

@@ -60,6 +60,36 @@ def test_requantised_gemm_matches_the_tflite_rule():
     np.testing.assert_array_equal(hw.memory, gold.memory)
 
 
+@pytest.mark.parametrize("raw", [True, False])
+def test_retimed_cores_match_numpy_golden_and_the_plain_build_but_take_longer(raw):
+    # The FPGA register stages (requantiser, gather stage, PE product registers) change only
+    # the timing: the same program gives the same memory and counters, in more cycles.
+    rng = np.random.default_rng(17)
+    a, b = random_int8(rng, (21, 40)), random_int8(rng, (40, 11))
+    a[3:9] = 0                      # whole zero vectors: skipped passes
+    params = dict(bias=rng.integers(-5000, 5000, 11), multiplier=rng.integers(1 << 28, 1 << 31, 11),
+                  shift=rng.integers(-9, 2, 11), zero_point=3, act_min=-128, act_max=127)
+    runs = {}
+    for retime in (False, True):
+        config = NPUConfig(rows=4, cols=4, cores=2, retime=retime)
+        image = build_gemm_image(config, a, b, raw=raw, params=None if raw else params)
+        hw, gold = run_both(config, image)
+        np.testing.assert_array_equal(hw.memory, gold.memory)
+        runs[retime] = hw
+    expected = a.astype(np.int64) @ b
+    if not raw:
+        expected = requantize(expected, params["bias"], params["multiplier"], params["shift"],
+                              3, -128, 127)
+    np.testing.assert_array_equal(image.read_output(runs[True].memory), expected)
+    for plain, retimed in zip(runs[False].cores, runs[True].cores):
+        assert retimed.state == CoreState.DONE
+        for name, value in plain.counters.items():
+            if name not in ("cycles", "stall_dependency", "stall_memory"):
+                assert retimed.counters[name] == value, name
+        assert retimed.counters["cycles"] > plain.counters["cycles"]
+    assert sum(core.counters["passes_skipped"] for core in runs[True].cores) > 0
+
+
 @pytest.mark.parametrize("slots, barriers", [(4, 0), (1, 5)])
 def test_more_n_blocks_than_parameter_slots(slots, barriers):
     # 6 N-blocks, resident activations: with 4 slots each slot is reloaded as soon as tokens
@@ -312,8 +342,9 @@ BAD_PROGRAMS = {
 }
 
 
+@pytest.mark.parametrize("retime", [False, True])
 @pytest.mark.parametrize("case", sorted(BAD_PROGRAMS))
-def test_bad_instruction_halts_its_core_only_and_writes_nothing_outside_its_window(case):
+def test_bad_instruction_halts_its_core_only_and_writes_nothing_outside_its_window(case, retime):
     emit, code = BAD_PROGRAMS[case]
     memory = np.zeros(0x10000, np.uint8)
     rng = np.random.default_rng(1)
@@ -327,7 +358,9 @@ def test_bad_instruction_halts_its_core_only_and_writes_nothing_outside_its_wind
     for base, prog in ((0x0, bad), (0x4000, good_program(0x4000))):
         words = np.frombuffer(prog.to_bytes(), np.uint8)
         memory[base:base + len(words)] = words
-    hw = AmaranthBackend(CFG2).run(memory, [0x0, 0x4000], [WINDOW0, WINDOW1], max_cycles=20000)
+    config = dataclasses.replace(CFG2, retime=retime)
+    hw = AmaranthBackend(config).run(memory, [0x0, 0x4000], [WINDOW0, WINDOW1],
+                                     max_cycles=20000)
     c0, c1 = hw.cores
     assert (c0.state, c0.error, c0.pc) == (CoreState.ERROR, code, 16)
     assert c1.state == CoreState.DONE
@@ -344,13 +377,15 @@ def test_bad_instruction_halts_its_core_only_and_writes_nothing_outside_its_wind
                                                                             c0.pc)
 
 
-def test_fetch_past_the_window_is_a_window_error_not_a_read():
+@pytest.mark.parametrize("retime", [False, True])
+def test_fetch_past_the_window_is_a_window_error_not_a_read(retime):
     memory = np.zeros(0x10000, np.uint8)
     prog = Program()
     prog.nop()
     code = np.frombuffer(prog.to_bytes(), np.uint8)
     memory[0x3FF0:0x4000] = code           # the last instruction of the window, and no END
-    hw = AmaranthBackend(CFG2).run(memory, [0x3FF0], [WINDOW0])
+    hw = AmaranthBackend(dataclasses.replace(CFG2, retime=retime)).run(memory, [0x3FF0],
+                                                                       [WINDOW0])
     c = hw.cores[0]
     assert (c.state, c.error, c.pc) == (CoreState.ERROR, ErrorCode.DMA_WINDOW, 0x4000)
 

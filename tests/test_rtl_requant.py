@@ -49,14 +49,14 @@ def _expected(beat, rounding):
 
 
 def _run(rounding, beats, *, valid_prob=1.0, ready_prob=1.0, seed=0, dut=None,
-         cycles_per_beat=1):
+         cycles_per_beat=1, retime=False):
     """Stream ``beats`` through a Requantiser (or ``dut``, with LANES channels per beat);
     return outputs and the cycles of each handshake.
 
     Also checks the stream rule on ``o``: a stalled output holds its payload until taken.
     """
     if dut is None:
-        dut = Requantiser(NPUConfig(rounding=rounding), lanes=LANES)
+        dut = Requantiser(NPUConfig(rounding=rounding, retime=retime), lanes=LANES)
     rng = random.Random(seed)
     got, accepted_at, delivered_at = [], [], []
 
@@ -161,29 +161,33 @@ def _edge_lanes():
     return lanes
 
 
+@pytest.mark.parametrize("retime", [False, True])
 @pytest.mark.parametrize("rounding", ["double", "single"])
-def test_requantiser_matches_oracle_on_edge_cases(rounding):
+def test_requantiser_matches_oracle_on_edge_cases(rounding, retime):
     fields = [FULL, (0, 0, 127), (-128, -128, 127), (127, -128, 127), (-3, -20, 20),
               (5, 5, 5)]
     beats = _beats(_edge_lanes(), fields)
     covered = {s for beat in beats for s in beat["shift"]}
     assert covered >= set(range(-31, 31))
-    _check(rounding, beats)
+    _check(rounding, beats, retime=retime)
 
 
+@pytest.mark.parametrize("retime", [False, True])
 @pytest.mark.parametrize("rounding", ["double", "single"])
-def test_requantiser_matches_oracle_on_random_beats(rounding):
-    _check(rounding, _random_beats(seed=11, count=300))
+def test_requantiser_matches_oracle_on_random_beats(rounding, retime):
+    _check(rounding, _random_beats(seed=11, count=300), retime=retime)
 
 
+@pytest.mark.parametrize("retime", [False, True])
 @pytest.mark.parametrize("rounding", ["double", "single"])
-def test_requantiser_backpressure_loses_and_duplicates_nothing(rounding):
+def test_requantiser_backpressure_loses_and_duplicates_nothing(rounding, retime):
     # Distinct accumulators per beat, so that a lost or repeated beat cannot go unnoticed.
     beats = _random_beats(seed=12, count=150)
     for n, beat in enumerate(beats):
         beat["acc"][0], beat["bias"][0], beat["multiplier"][0], beat["shift"][0] = n, 0, 2**30, 1
         beat["zero_point"], beat["act_min"], beat["act_max"] = -128, -128, 127
-    _, got, accepted, delivered = _run(rounding, beats, valid_prob=0.7, ready_prob=0.5, seed=3)
+    _, got, accepted, delivered = _run(rounding, beats, valid_prob=0.7, ready_prob=0.5, seed=3,
+                                       retime=retime)
     assert len(accepted) == len(set(accepted)) == len(beats)
     assert [out[0] for out in got] == [n - 128 for n in range(len(beats))]
     assert got == [_expected(beat, rounding) for beat in beats]
@@ -191,11 +195,13 @@ def test_requantiser_backpressure_loses_and_duplicates_nothing(rounding):
     assert delivered[-1] - delivered[0] > len(beats) + 20
 
 
+@pytest.mark.parametrize("retime, latency", [(False, 5), (True, 11)])
 @pytest.mark.parametrize("rounding", ["double", "single"])
-def test_requantiser_latency_is_exact_and_throughput_one_beat_per_cycle(rounding):
+def test_requantiser_latency_is_exact_and_throughput_one_beat_per_cycle(rounding, retime,
+                                                                          latency):
     beats = _random_beats(seed=13, count=20)
-    dut, got, accepted, delivered = _run(rounding, beats)
-    assert dut.latency == 5
+    dut, got, accepted, delivered = _run(rounding, beats, retime=retime)
+    assert dut.latency == latency
     assert accepted == list(range(len(beats)))
     assert delivered == [n + dut.latency for n in range(len(beats))]
     assert got == [_expected(beat, rounding) for beat in beats]

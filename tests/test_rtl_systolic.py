@@ -63,9 +63,10 @@ def run_tiles(config, tiles, *, ready_pattern=None, name="systolic"):
     return outputs
 
 
+@pytest.mark.parametrize("retime", [False, True])
 @pytest.mark.parametrize("rows,cols", SHAPES)
-def test_array_matches_numpy_on_random_int8_tiles(rows, cols):
-    config = NPUConfig(rows=rows, cols=cols)
+def test_array_matches_numpy_on_random_int8_tiles(rows, cols, retime):
+    config = NPUConfig(rows=rows, cols=cols, retime=retime)
     rng = np.random.default_rng(rows * 100 + cols)
     tiles = [(random_int8(rng, (m, rows)), random_int8(rng, (rows, cols))) for m in (5, 1, 1, 9)]
     outputs = run_tiles(config, tiles, name=f"systolic_{rows}x{cols}")
@@ -74,8 +75,9 @@ def test_array_matches_numpy_on_random_int8_tiles(rows, cols):
     assert outputs == expected
 
 
-def test_array_holds_results_under_backpressure():
-    config = NPUConfig(rows=4, cols=3)
+@pytest.mark.parametrize("retime", [False, True])
+def test_array_holds_results_under_backpressure(retime):
+    config = NPUConfig(rows=4, cols=3, retime=retime)
     rng = np.random.default_rng(11)
     tiles = [(random_int8(rng, (12, 4)), random_int8(rng, (4, 3))) for _ in range(3)]
     outputs = run_tiles(config, tiles, ready_pattern=0.4, name="systolic_backpressure")
@@ -92,11 +94,12 @@ def test_extreme_products_accumulate_without_loss():
     assert [vec for _, vec in outputs] == [[131072, -130048]] * 3
 
 
+@pytest.mark.parametrize("retime", [False, True])
 @pytest.mark.parametrize("rows,cols", [(1, 1), (2, 3), (8, 8)])
-def test_latency_is_rows_plus_cols_minus_one(rows, cols):
-    config = NPUConfig(rows=rows, cols=cols)
+def test_latency_is_rows_plus_cols_minus_one_or_rows_plus_cols_retimed(rows, cols, retime):
+    config = NPUConfig(rows=rows, cols=cols, retime=retime)
     dut = SystolicArray(config)
-    assert dut.latency == rows + cols - 1
+    assert dut.latency == rows + cols - (0 if retime else 1)
     seen = {}
 
     async def tb(ctx):
@@ -116,7 +119,7 @@ def test_latency_is_rows_plus_cols_minus_one(rows, cols):
             await ctx.tick()
 
     run_simulation(dut, tb, name="systolic_latency")
-    assert seen == {"cycle": rows + cols - 1, "data": [rows] * cols}
+    assert seen == {"cycle": dut.latency, "data": [rows] * cols}
 
 
 def test_array_rejects_a_non_config():
@@ -124,8 +127,9 @@ def test_array_rejects_a_non_config():
         SystolicArray(8)
 
 
-def test_weight_write_waits_while_its_bank_is_in_flight():
-    config = NPUConfig(rows=2, cols=2)
+@pytest.mark.parametrize("retime", [False, True])
+def test_weight_write_waits_while_its_bank_is_in_flight(retime):
+    config = NPUConfig(rows=2, cols=2, retime=retime)
     dut = SystolicArray(config)
     seen = []
 

@@ -2,14 +2,18 @@
 """The Verilog in Verilator (cocotb 1.8 runner) against the Amaranth simulation and numpy.
 
 The default suite builds two configurations once per session: the harness of a 2-core 8x8 NPU
-(memory latency 8, 8 bytes per cycle) and the plain 1-core top for cocotbext-axi's models.
+(memory latency 8, 8 bytes per cycle) and the plain 1-core top for cocotbext-axi's models; one
+more is built for the FPGA build's retimed options.
 Builds are kept in build/verilator/ and reused across sessions while the sources are unchanged.
 """
+
+import dataclasses
 
 import numpy as np
 import pytest
 
 from npu.firmware.device import Device, build_gemm_image
+from npu.firmware.quant import requantize
 from npu.rtl.config import NPUConfig
 from npu.rtl.control import COUNTERS
 from npu.rtl.isa import CoreState, ErrorCode
@@ -26,6 +30,7 @@ from npu.sim.verilator_backend import (
     run_cocotb,
     verilator_available,
 )
+from npu.synth.boards import board_config
 from npu.synth.export import lint, port_names
 
 pytestmark = pytest.mark.skipif(not verilator_available(), reason="verilator is not installed")
@@ -74,6 +79,29 @@ def test_gemm_matches_amaranth_cycle_for_cycle(verilator):
     assert all(c.state is CoreState.DONE for c in got.cores)
     np.testing.assert_array_equal(image.read_output(got.memory), a.astype(np.int32) @ b)
     assert got.cores[0].counters["stall_memory"] > 0  # the memory timing was exercised
+
+
+def test_retimed_fpga_configuration_matches_amaranth_cycle_for_cycle():
+    # The ECP5 build's options (register stages, one-line zero lookahead), on a smaller array;
+    # requantised, with whole zero vectors to skip.
+    cfg, _ = board_config("ulx3s-85f", cores=2, rows=4, cols=4)
+    assert cfg.retime
+    cfg = dataclasses.replace(cfg, addr_width=32)    # the harness memory is larger than 64 KiB
+    rng = np.random.default_rng(12)
+    a = rng.integers(-128, 128, (30, 40)).astype(np.int8)
+    b = rng.integers(-128, 128, (40, 9)).astype(np.int8)
+    a[5:17] = 0
+    params = dict(bias=rng.integers(-5000, 5000, 9), multiplier=rng.integers(1 << 28, 1 << 31, 9),
+                  shift=rng.integers(-9, 2, 9), zero_point=-3, act_min=-128, act_max=127)
+    image = build_gemm_image(cfg, a, b, raw=False, params=params)
+    expected = AmaranthBackend(cfg).run(image.memory, image.starts)
+    got = VerilatorBackend(cfg).run(image.memory, image.starts)
+    assert_identical(got, expected)
+    np.testing.assert_array_equal(
+        image.read_output(got.memory),
+        requantize(a.astype(np.int64) @ b, params["bias"], params["multiplier"],
+                   params["shift"], -3, -128, 127))
+    assert sum(c.counters["passes_skipped"] for c in got.cores) > 0
 
 
 def test_two_cores_meeting_at_a_barrier_match_amaranth_cycle_for_cycle(verilator):

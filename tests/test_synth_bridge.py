@@ -1,6 +1,8 @@
 """The host bridge end to end: the board backend drives the board's bridge, memory and NPU in
 the Amaranth simulator through a simulated serial link."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -28,11 +30,13 @@ def random_int8(rng, shape):
 
 
 @pytest.mark.slow   # about 40 s: a 16 KiB image goes over the bridge both ways
-def test_gemm_through_the_board_backend_matches_numpy_and_golden():
+@pytest.mark.parametrize("retime", [False, True])
+def test_gemm_through_the_board_backend_matches_numpy_and_golden(retime):
     rng = np.random.default_rng(7)
     a, b = random_int8(rng, (6, 4)), random_int8(rng, (4, 3))
-    image = build_gemm_image(CONFIG, a, b, raw=True)
-    backend = BoardBackend(CONFIG, serial=SimulatedSerial(CONFIG, mem_bytes=MEM_BYTES))
+    config = dataclasses.replace(CONFIG, retime=retime)
+    image = build_gemm_image(config, a, b, raw=True)
+    backend = BoardBackend(config, serial=SimulatedSerial(config, mem_bytes=MEM_BYTES))
     seen = []
     result = backend.run(image.memory, image.starts, progress=lambda d, n: seen.append((d, n)))
     assert all(c.state == CoreState.DONE for c in result.cores)
@@ -45,9 +49,11 @@ def test_gemm_through_the_board_backend_matches_numpy_and_golden():
     assert seen[-1] == (len(image.starts), len(image.starts))
 
 
-@pytest.fixture
-def link():
-    return SimulatedSerial(CONFIG1, mem_bytes=MEM_BYTES, timeout=200, timeout_cycles=2000)
+@pytest.fixture(params=[False, True], ids=["plain", "retimed"])
+def link(request):
+    # Retimed, the system has AXI4 register slices before and after its arbiter.
+    config = dataclasses.replace(CONFIG1, retime=request.param)
+    return SimulatedSerial(config, mem_bytes=MEM_BYTES, timeout=200, timeout_cycles=2000)
 
 
 def test_register_and_memory_frames_round_trip(link):
@@ -98,7 +104,8 @@ def test_board_built_for_another_configuration_is_refused(link):
         backend.run(np.zeros(4096, np.uint8), [0])
 
 
-def test_cycle_budget_raises_npu_timeout_with_core_state():
+@pytest.mark.parametrize("retime", [False, True])
+def test_cycle_budget_raises_npu_timeout_with_core_state(retime):
     program = Program()
     for _ in range(8):
         program.nop()
@@ -106,7 +113,8 @@ def test_cycle_budget_raises_npu_timeout_with_core_state():
     memory = np.zeros(256, np.uint8)
     code = np.frombuffer(program.to_bytes(), np.uint8)
     memory[:len(code)] = code
-    backend = BoardBackend(CONFIG1, serial=SimulatedSerial(CONFIG1, mem_bytes=MEM_BYTES))
+    config = dataclasses.replace(CONFIG1, retime=retime)
+    backend = BoardBackend(config, serial=SimulatedSerial(config, mem_bytes=MEM_BYTES))
     assert backend.run(memory, [0]).cores[0].state == CoreState.DONE
     with pytest.raises(NPUTimeout, match="did not finish within 5 cycles") as info:
         backend.run(memory, [0], max_cycles=5)
