@@ -219,6 +219,9 @@ def main(argv=None):
     parser.add_argument("--bus-width", type=int, default=None)
     parser.add_argument("--param-slots", type=int, default=None)
     parser.add_argument("--rounding", choices=("double", "single"), default=None)
+    parser.add_argument("--requant-lanes", type=int, default=None,
+                        help="requantiser lanes (divides COLS; fewer lanes, fewer multipliers)")
+    parser.add_argument("--sparse-group", type=int, default=None)
     parser.add_argument("--pe-mult", choices=("auto", "dsp", "lut"), default="auto",
                         help="where the PE multipliers go (auto: DSPs if they all fit)")
     parser.add_argument("--seed", type=int, default=1, help="nextpnr placer seed")
@@ -228,11 +231,15 @@ def main(argv=None):
     parser.add_argument("--reports-dir", default=str(REPORTS_DIR))
     args = parser.parse_args(argv)
 
-    config, mem_bytes = board_config(
-        args.board, cores=args.cores, rows=args.rows, cols=args.cols,
-        mem_bytes=args.mem_kib * 1024 if args.mem_kib else None,
-        scratchpad_bytes=args.scratchpad_bytes, acc_rows=args.acc_rows,
-        bus_width=args.bus_width, param_slots=args.param_slots, rounding=args.rounding)
+    try:
+        config, mem_bytes = board_config(
+            args.board, cores=args.cores, rows=args.rows, cols=args.cols,
+            mem_bytes=args.mem_kib * 1024 if args.mem_kib else None,
+            scratchpad_bytes=args.scratchpad_bytes, acc_rows=args.acc_rows,
+            bus_width=args.bus_width, param_slots=args.param_slots, rounding=args.rounding,
+            requant_lanes=args.requant_lanes, sparse_group=args.sparse_group)
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
     command = "python -m npu.synth.build " + shlex.join(
         argv if argv is not None else sys.argv[1:])
     try:

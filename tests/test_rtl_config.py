@@ -85,6 +85,7 @@ def test_requantiser_lanes_default_to_one_row_per_cycle():
     ({"counter_width": 33}, ValueError, "Counter width must be at most 32, not 33"),
     ({"counter_width": 16.0}, TypeError, "Counter width must be a positive integer, not 16.0"),
     ({"zero_skip": "no"}, TypeError, "Zero skipping must be True or False, not 'no'"),
+    ({"retime": 1}, TypeError, "Retiming must be True or False, not 1"),
     ({"requant_sequential": 1}, TypeError, "Sequential requantiser must be True or False, not 1"),
     ({"requant_sequential": True, "requant_lanes": 2}, ValueError,
      "A sequential requantiser has no lanes: requant_lanes must be None, not 2"),

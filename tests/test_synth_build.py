@@ -8,6 +8,7 @@ import pytest
 
 from npu.synth.boards import BOARDS, board_config
 from npu.synth.build import _overrides, build, find_toolchain, missing_tools, pe_mult_choice
+from npu.synth.build import main as build_main
 from npu.synth.report import (
     parse_critical_paths,
     parse_fmax_log,
@@ -149,3 +150,10 @@ def test_fmax_estimate_is_read_from_the_log_when_the_report_has_none():
            "Info: Max frequency for clock '$glbnet$clk': 30.69 MHz (FAIL at 100.00 MHz)\n")
     assert parse_fmax_log(log) == {"$glbnet$clk": {"achieved": 30.69, "constraint": 100.0}}
     assert parse_fmax_log("Info: no timing\n") == {}
+
+
+def test_a_bad_configuration_on_the_command_line_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        build_main(["--board", "ulx3s-85f", "--cols", "8", "--requant-lanes", "3"])
+    assert info.value.code == 2
+    assert "Requantiser lanes must divide the array columns (8), not 3" in capsys.readouterr().err
