@@ -54,6 +54,11 @@ class Requantiser(wiring.Component):
         lane count ``config.cols``.
     lanes : int or None
         Channels per beat; ``None`` means ``config.cols``.
+    stall : bool
+        With False the pipeline never stalls: ``i.ready`` is always high and a result must be
+        taken the cycle it is valid (``o.ready`` is not looked at). For a consumer that keeps
+        room for every beat it lets in, such as the store unit with its row credits: no
+        enable then fans out to every pipeline register.
 
     Attributes
     ----------
@@ -97,7 +102,7 @@ class Requantiser(wiring.Component):
         """Payload layout of ``o``: one int8 per lane."""
         return data.ArrayLayout(signed(8), lanes)
 
-    def __init__(self, config, *, lanes=None):
+    def __init__(self, config, *, lanes=None, stall=True):
         if not isinstance(config, NPUConfig):
             raise TypeError(f"Requantiser config must be an NPUConfig, not {config!r}")
         if lanes is None:
@@ -109,6 +114,7 @@ class Requantiser(wiring.Component):
         self._lanes = lanes
         self._rounding = config.rounding
         self._retime = config.retime
+        self._stall = stall
         super().__init__({
             "i": In(stream.Signature(self.input_layout(lanes))),
             "o": Out(stream.Signature(self.output_layout(lanes))),
@@ -134,7 +140,7 @@ class Requantiser(wiring.Component):
 
         advance = Signal()
         m.d.comb += [
-            advance.eq(self.o.ready | ~self.o.valid),
+            advance.eq(self.o.ready | ~self.o.valid if self._stall else 1),
             self.i.ready.eq(advance),
         ]
 
@@ -266,12 +272,15 @@ class SerialRequantiser(wiring.Component):
     ----------
     config : NPUConfig
         ``cols``, ``requant_lanes`` and ``rounding``.
+    stall : bool
+        As for :class:`Requantiser`.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, stall=True):
         if not isinstance(config, NPUConfig):
             raise TypeError(f"SerialRequantiser config must be an NPUConfig, not {config!r}")
         self._config = config
+        self._stall = stall
         super().__init__({
             "i": In(stream.Signature(Requantiser.input_layout(config.cols))),
             "o": Out(stream.Signature(Requantiser.output_layout(config.cols))),
@@ -291,7 +300,7 @@ class SerialRequantiser(wiring.Component):
         cfg = self._config
         G = self.groups
         K = cfg.cols // G
-        m.submodules.lanes = rq = Requantiser(cfg, lanes=K)
+        m.submodules.lanes = rq = Requantiser(cfg, lanes=K, stall=self._stall)
 
         # Issue: group `gi` of the offered row; the row is taken with its last group.
         gi = Signal(range(G))

@@ -872,9 +872,11 @@ class StoreUnit(wiring.Component):
         if cfg.requant_sequential:
             m.submodules.requant = rq = SequentialRequantiser(cfg)
         elif cfg.requant_groups == 1:
-            m.submodules.requant = rq = Requantiser(cfg, lanes=C)
+            # The row credits keep room in the row queue for every row in the requantiser:
+            # its pipeline never has to stall.
+            m.submodules.requant = rq = Requantiser(cfg, lanes=C, stall=False)
         else:
-            m.submodules.requant = rq = SerialRequantiser(cfg)
+            m.submodules.requant = rq = SerialRequantiser(cfg, stall=False)
         m.submodules.rows = rowq = SyncFIFOBuffered(width=row_bits, depth=self.row_queue)
         m.submodules.lens = lenq = SyncFIFOBuffered(width=8, depth=2 * self.row_queue)
         m.submodules.bursts = bursts = _BurstGenerator(cfg, max_rows=cfg.acc_rows,

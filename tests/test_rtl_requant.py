@@ -49,14 +49,14 @@ def _expected(beat, rounding):
 
 
 def _run(rounding, beats, *, valid_prob=1.0, ready_prob=1.0, seed=0, dut=None,
-         cycles_per_beat=1, retime=False):
+         cycles_per_beat=1, retime=False, stall=True):
     """Stream ``beats`` through a Requantiser (or ``dut``, with LANES channels per beat);
     return outputs and the cycles of each handshake.
 
     Also checks the stream rule on ``o``: a stalled output holds its payload until taken.
     """
     if dut is None:
-        dut = Requantiser(NPUConfig(rounding=rounding, retime=retime), lanes=LANES)
+        dut = Requantiser(NPUConfig(rounding=rounding, retime=retime), lanes=LANES, stall=stall)
     rng = random.Random(seed)
     got, accepted_at, delivered_at = [], [], []
 
@@ -195,15 +195,21 @@ def test_requantiser_backpressure_loses_and_duplicates_nothing(rounding, retime)
     assert delivered[-1] - delivered[0] > len(beats) + 20
 
 
+@pytest.mark.parametrize("stall", [True, False])
 @pytest.mark.parametrize("retime, latency", [(False, 5), (True, 11)])
 @pytest.mark.parametrize("rounding", ["double", "single"])
 def test_requantiser_latency_is_exact_and_throughput_one_beat_per_cycle(rounding, retime,
-                                                                          latency):
+                                                                          latency, stall):
     beats = _random_beats(seed=13, count=20)
-    dut, got, accepted, delivered = _run(rounding, beats, retime=retime)
+    dut, got, accepted, delivered = _run(rounding, beats, retime=retime, stall=stall,
+                                         valid_prob=1.0 if stall else 0.6, seed=5)
     assert dut.latency == latency
-    assert accepted == list(range(len(beats)))
-    assert delivered == [n + dut.latency for n in range(len(beats))]
+    if stall:
+        assert accepted == list(range(len(beats)))
+    else:
+        # Gaps in the input (and nothing else) make gaps in the output.
+        assert accepted != list(range(len(beats)))
+    assert delivered == [n + dut.latency for n in accepted]
     assert got == [_expected(beat, rounding) for beat in beats]
 
 
