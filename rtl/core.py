@@ -107,8 +107,16 @@ class NPUCore(wiring.Component):
         ]
 
         # Everything with run state is reset when a run starts; memories keep their contents.
+        # Retimed, that reset (thousands of flip-flops) comes from a register, a cycle after
+        # the restart; dispatch waits for it.
+        unit_reset = Signal()
+        if cfg.retime:
+            m.d.sync += unit_reset.eq(restart)
+        else:
+            m.d.comb += unit_reset.eq(restart)
+
         def fresh(unit):
-            return ResetInserter(restart)(unit)
+            return ResetInserter(unit_reset)(unit)
 
         fetch, load, execute, store = self.fetch, self.load, self.execute, self.store
         queues = {name: SyncFIFOBuffered(width=INSTR_BITS, depth=cfg.unit_queue_depth)
@@ -243,7 +251,12 @@ class NPUCore(wiring.Component):
             m.d.comb += unit.abort.eq(halting)
         # The units are held in reset during the restart cycle, so fetch starts the cycle after.
         launch = Signal()
-        m.d.sync += launch.eq(restart & (self.ctrl.prog_addr[:exact_log2(INSTR_BYTES)] == 0))
+        launch_now = restart & (self.ctrl.prog_addr[:exact_log2(INSTR_BYTES)] == 0)
+        if cfg.retime:
+            launch_next = Signal()
+            m.d.sync += [launch_next.eq(launch_now), launch.eq(launch_next)]
+        else:
+            m.d.sync += launch.eq(launch_now)
         m.d.comb += [
             fetch.start.eq(launch),
             fetch.pc0.eq(pc),
@@ -281,7 +294,7 @@ class NPUCore(wiring.Component):
                     fail(ErrorCode.MISALIGNED)
                 with m.Elif(bus_error):
                     fail(ErrorCode.BUS_ERROR)
-                with m.Elif(fetch.o.valid):
+                with m.Elif(fetch.o.valid & ~unit_reset):
                     m.d.sync += [ins.eq(fetch.o.payload.instr), fault.eq(fetch.o.payload.fault),
                                  check.fetch(data.View(Instruction, fetch.o.payload.instr), cfg)]
                     m.next = "DECODE"

@@ -30,7 +30,8 @@ from .report import (
     write_reports,
 )
 
-__all__ = ["TOOLS", "build", "find_toolchain", "main", "missing_tools", "pe_mult_choice"]
+__all__ = ["TOOLS", "build", "find_toolchain", "main", "missing_tools", "pe_dsp_count",
+           "pe_mult_choice"]
 
 #: Tools of each family, by the name Amaranth's build script gives them.
 TOOLS = {
@@ -71,17 +72,34 @@ def missing_tools(family):
 
 
 def pe_mult_choice(board, config, pe_mult="auto"):
-    """Where the processing elements' multipliers go: ``"dsp"`` or ``"lut"``.
+    """Where the processing elements' multipliers go: ``"dsp"``, ``"lut"`` or ``"mixed"``.
 
-    ``auto`` puts them on DSPs only if they fit beside the requantisers' multipliers, which
-    need the DSP width (17x17) more than an 8x8 product does.
+    ``auto`` puts them on DSPs if they fit beside the requantisers' multipliers (which need
+    the DSP width, 17x17, more than an 8x8 product does) and one per core for the dispatch
+    check; if not all fit, as many as do (``"mixed"``, see :func:`pe_dsp_count`), the rest
+    in LUTs.
     """
     if pe_mult not in ("auto", "dsp", "lut"):
         raise ValueError(f"pe_mult must be 'auto', 'dsp' or 'lut', not {pe_mult!r}")
     if pe_mult != "auto":
         return pe_mult
-    requant = _requant_dsps(config)
-    return "dsp" if requant + config.macs_per_cycle <= BOARDS[board].dsp_count else "lut"
+    per_core = _pe_dsp_budget(board, config)
+    if per_core >= config.rows * config.cols:
+        return "dsp"
+    return "mixed" if per_core > 0 else "lut"
+
+
+def _pe_dsp_budget(board, config):
+    spare = BOARDS[board].dsp_count - _requant_dsps(config) - config.cores
+    return max(0, spare // config.cores)
+
+
+def pe_dsp_count(board, config, pe_mult="auto"):
+    """Processing elements per core whose multiplier is a DSP: the first ones in row-major
+    order (``pe_<row>_<col>``); the others are Booth-encoded into LUTs."""
+    choice = pe_mult_choice(board, config, pe_mult)
+    pes = config.rows * config.cols
+    return {"dsp": pes, "lut": 0}.get(choice, min(pes, _pe_dsp_budget(board, config)))
 
 
 def _requant_dsps(config):
@@ -94,9 +112,9 @@ def _requant_dsps(config):
 #: The scratchpad's read ports and the store unit's accumulator read port never read a row in
 #: the cycle it is written (tokens order every LOAD before the LOADW / MATMUL that reads its
 #: lines, and every MATMUL before the STORE that reads its rows; see docs/architecture.md), so
-#: what such a read returns is left to the RAM: the iCE40's block RAM then needs no logic that
-#: emulates read-before-write. (The execute unit's transparent read-modify-write port keeps
-#: its bypass.)
+#: what such a read returns is left to the RAM: block RAM then needs no logic that emulates
+#: read-before-write (on the ECP5 that logic also sits between the RAM and the gather).
+#: (The execute unit's transparent read-modify-write port keeps its bypass.)
 _NO_COLLISION = (
     "setparam -set COLLISION_X_MASK 1"
     " top.system.npu.core[0-9]/r:MEMID=\\scratchpad"
@@ -109,21 +127,24 @@ _NO_COLLISION = (
 def _overrides(board, config, pe_mult, seed, place_only=False):
     family = BOARDS[board].family
     booth = []
-    if pe_mult == "lut":
+    on_dsp = pe_dsp_count(board, config, pe_mult)
+    if on_dsp == 0:
         # Booth-encode the PE products into LUTs before synthesis maps the rest to DSPs.
         booth += ["top.system.npu.core*.execute.array.pe_*"]
+    else:
+        booth += [f"top.system.npu.core*.execute.array.pe_{n // config.cols}_{n % config.cols}"
+                  for n in range(on_dsp, config.rows * config.cols)]
+    # The DSPs are for the requantisers and PEs (see pe_mult_choice); the small products of
+    # the burst lengths go to LUTs (a DSP is slower, and scarce on the iCE40).
+    booth += ["top.system.npu.core[0-9].load.bursts", "top.system.npu.core[0-9].store.bursts"]
     if family == "ice40":
-        # The few DSPs are for the requantisers and PEs (see pe_mult_choice); the small
-        # products of the burst lengths go to LUTs, and so does the dispatch check's last-row
-        # product unless a DSP per core is left over (in LUTs it costs ~350 cells).
-        booth += ["top.system.npu.core[0-9].load.bursts",
-                  "top.system.npu.core[0-9].store.bursts"]
-        used = _requant_dsps(config) + (config.macs_per_cycle if pe_mult == "dsp" else 0)
+        # So does the dispatch check's last-row product unless a DSP per core is left over
+        # (in LUTs it costs ~350 cells).
+        used = _requant_dsps(config) + on_dsp * config.cores
         if BOARDS[board].dsp_count - used < config.cores:
             booth += ["top.system.npu.core[0-9]"]
     script = [f"booth {' '.join(booth)}"] if booth else []
-    if family == "ice40":
-        script.append(_NO_COLLISION)
+    script.append(_NO_COLLISION)
     if script:
         script = ["hierarchy -top top", "proc", *script]
     synth = []
@@ -161,7 +182,8 @@ def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
     build_dir = Path(build_dir or Path("build/synth") / stem)
     pe_mult = pe_mult_choice(board, config, pe_mult)
     top = BoardTop(board, config, mem_bytes=mem_bytes, clock_hz=clock_hz)
-    log(f"{stem}: {config.macs_per_cycle} MACs, PE multipliers on {pe_mult.upper()}, "
+    log(f"{stem}: {config.macs_per_cycle} MACs, {pe_dsp_count(board, config, pe_mult)} of "
+        f"{config.rows * config.cols} PE multipliers per core on DSPs, "
         f"target {top.clock_hz / 1e6:g} MHz, memory {mem_bytes // 1024} KiB -> {build_dir}")
     plan = spec.platform().build(top, name="top", do_build=False,
                                  **_overrides(board, config, pe_mult, seed, place_only))

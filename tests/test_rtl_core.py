@@ -390,9 +390,11 @@ def test_fetch_past_the_window_is_a_window_error_not_a_read(retime):
     assert (c.state, c.error, c.pc) == (CoreState.ERROR, ErrorCode.DMA_WINDOW, 0x4000)
 
 
-def test_misaligned_program_address_is_reported_at_start():
+@pytest.mark.parametrize("retime", [False, True])
+def test_misaligned_program_address_is_reported_at_start(retime):
     memory = np.zeros(0x1000, np.uint8)
-    hw = AmaranthBackend(CFG2).run(memory, [0x8], [(0, 0x1000)], max_cycles=20000)
+    hw = AmaranthBackend(dataclasses.replace(CFG2, retime=retime)).run(
+        memory, [0x8], [(0, 0x1000)], max_cycles=20000)
     assert (hw.cores[0].state, hw.cores[0].error, hw.cores[0].pc) == (
         CoreState.ERROR, ErrorCode.MISALIGNED, 0x8)
 

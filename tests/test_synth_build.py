@@ -7,7 +7,8 @@ import json
 import pytest
 
 from npu.synth.boards import BOARDS, board_config
-from npu.synth.build import _overrides, build, find_toolchain, missing_tools, pe_mult_choice
+from npu.synth.build import (_overrides, build, find_toolchain, missing_tools, pe_dsp_count,
+                              pe_mult_choice)
 from npu.synth.build import main as build_main
 from npu.synth.report import (
     parse_critical_paths,
@@ -92,12 +93,20 @@ def test_yosys_cell_counts_are_the_whole_designs():
     assert parse_yosys_cells(rpt) == {"SB_LUT4": 100, "SB_DFFE": 40, "SB_MAC16": 3}
 
 
-def test_pe_multipliers_go_to_dsps_only_when_all_fit():
+def test_pe_multipliers_go_to_dsps_as_far_as_they_fit():
     one, _ = board_config("ulx3s-85f", cores=1, rows=8, cols=8)
     four, _ = board_config("ulx3s-85f", cores=4, rows=8, cols=8)
-    assert pe_mult_choice("ulx3s-85f", one) == "dsp"        # 64 + 32 requant <= 156
-    assert pe_mult_choice("ulx3s-85f", four) == "lut"       # 256 + 128 > 156
+    assert pe_mult_choice("ulx3s-85f", one) == "dsp"        # 64 + 32 requant + 1 <= 156
+    assert pe_mult_choice("ulx3s-85f", four) == "mixed"     # 256 + 128 + 4 > 156
+    assert pe_dsp_count("ulx3s-85f", four) == (156 - 128 - 4) // 4
+    big, _ = board_config("ulx3s-85f", cores=1, rows=16, cols=16, requant_lanes=4)
+    assert pe_mult_choice("ulx3s-85f", big) == "mixed"
+    assert pe_dsp_count("ulx3s-85f", big) == 156 - 16 - 1
+    # The others are Booth-encoded: from the first PE past the DSPs on.
+    script = _overrides("ulx3s-85f", big, "auto", seed=1)["script_after_read"]
+    assert "pe_8_10 " not in script and "array.pe_8_11 " in script and "array.pe_15_15" in script
     assert pe_mult_choice("ulx3s-85f", four, "dsp") == "dsp"
+    assert pe_dsp_count("ulx3s-85f", four, "lut") == 0
     with pytest.raises(ValueError, match="pe_mult must be 'auto', 'dsp' or 'lut', not 'x'"):
         pe_mult_choice("ulx3s-85f", one, "x")
 
