@@ -458,8 +458,10 @@ class LoadUnit(wiring.Component):
         G, R = cfg.sparse_group, cfg.rows
         seen = Signal(G)
         beat_nz = Signal(G)
+        # (From the bus word and the byte masks side by side, not through the write data.)
+        byte_nz = [self.bus.rdata.word_select(j, 8) != 0 for j in range(B)]
         for g in range(G):
-            m.d.comb += beat_nz[g].eq(Cat(self.sp.data[k] != 0
+            m.d.comb += beat_nz[g].eq(Cat((r_beat == k // B) & (k < d.row_bytes) & byte_nz[k % B]
                                           for k in range(g * R, min((g + 1) * R, L))).any())
         row_nz = Signal(G)
         m.d.comb += [
@@ -707,8 +709,17 @@ class ExecuteUnit(wiring.Component):
             m.d.comb += self.skipped.eq(skipped)
         with m.If(a_adv):
             m.d.sync += s1.eq(active & found)
+        # The read stage's gather indices: retimed, registered with the line's read (so the
+        # bank select is not on the gather's path), otherwise selected there.
+        s1_gather = [Signal(8, name=f"s1_gather{i}") for i in range(R)]
+        if not cfg.retime:
+            m.d.comb += [s1_gather[i].eq(Mux(s1_bank, gather[1][i], gather[0][i]))
+                         for i in range(R)]
         with m.If(active):
             issued_last = found & (a_left == pick + 1)
+            if cfg.retime:
+                m.d.sync += [s1_gather[i].eq(Mux(a_bank, gather[1][i], gather[0][i]))
+                             for i in range(R)]
             m.d.sync += [
                 a_left.eq(a_left - step), a_addr.eq(a_addr + step), a_acc.eq(a_acc + step),
                 s1_bank.eq(a_bank),
@@ -723,8 +734,7 @@ class ExecuteUnit(wiring.Component):
         lanes = []
         for i in range(R):
             lane = Signal(signed(8), name=f"lane{i}")
-            idx = Mux(s1_bank, gather[1][i], gather[0][i])
-            with m.Switch(idx):
+            with m.Switch(s1_gather[i]):
                 for b in range(min(GR, L)):
                     with m.Case(b):
                         m.d.comb += lane.eq(line[b])
@@ -884,13 +894,17 @@ class StoreUnit(wiring.Component):
 
         ins = Signal(Instruction)
         st = ins.body.store
-        # As wide as the dispatch checks (cols <= config.cols, rows <= acc_rows) allow.
+        # As wide as the dispatch checks (cols <= config.cols, rows <= acc_rows) allow; taken
+        # from the instruction as it is taken into `ins` (they stay until the next one).
         nbytes = Signal(range(4 * C + 1))
         beats_per_row = Signal(range(row_beats_max + 1))
-        m.d.comb += [
-            nbytes.eq(Mux(st.raw, st.cols << 2, st.cols)),
-            beats_per_row.eq((nbytes + (B - 1)) >> exact_log2(B)),
-        ]
+        last_beat = Signal.like(beats_per_row)
+        with m.If(self.cmd.valid & self.cmd.ready):
+            cmd = data.View(Instruction, self.cmd.payload).body.store
+            cmd_nbytes = Mux(cmd.raw, cmd.cols << 2, cmd.cols)
+            cmd_beats = (cmd_nbytes + (B - 1)) >> exact_log2(B)
+            m.d.sync += [nbytes.eq(cmd_nbytes), beats_per_row.eq(cmd_beats),
+                         last_beat.eq(cmd_beats - 1)]
 
         running = Signal()
         rows_issued = Signal(range(cfg.acc_rows + 1))
@@ -968,7 +982,7 @@ class StoreUnit(wiring.Component):
                 m.d.sync += w_in_burst.eq(0)
             with m.Else():
                 m.d.sync += w_in_burst.eq(w_in_burst + 1)
-            with m.If(w_beat == beats_per_row - 1):
+            with m.If(w_beat == last_beat):
                 m.d.comb += rowq.r_en.eq(1)
                 m.d.sync += [w_beat.eq(0), rows_done.eq(rows_done + 1)]
             with m.Else():

@@ -79,8 +79,9 @@ def pe_mult_choice(board, config, pe_mult="auto"):
     check; if not all fit, as many as do (``"mixed"``, see :func:`pe_dsp_count`), the rest
     in LUTs.
     """
-    if pe_mult not in ("auto", "dsp", "lut"):
-        raise ValueError(f"pe_mult must be 'auto', 'dsp' or 'lut', not {pe_mult!r}")
+    if pe_mult not in ("auto", "dsp", "lut", "mixed"):
+        raise ValueError(
+            f"pe_mult must be 'auto', 'dsp', 'lut' or 'mixed', not {pe_mult!r}")
     if pe_mult != "auto":
         return pe_mult
     per_core = _pe_dsp_budget(board, config)
@@ -244,8 +245,9 @@ def main(argv=None):
     parser.add_argument("--requant-lanes", type=int, default=None,
                         help="requantiser lanes (divides COLS; fewer lanes, fewer multipliers)")
     parser.add_argument("--sparse-group", type=int, default=None)
-    parser.add_argument("--pe-mult", choices=("auto", "dsp", "lut"), default="auto",
-                        help="where the PE multipliers go (auto: DSPs if they all fit)")
+    parser.add_argument("--pe-mult", choices=("auto", "dsp", "lut", "mixed"), default="auto",
+                        help="where the PE multipliers go (auto: DSPs if they all fit, else "
+                             "mixed: as many as fit)")
     parser.add_argument("--seed", type=int, default=1, help="nextpnr placer seed")
     parser.add_argument("--place-only", action="store_true",
                         help="stop after placement: resources and an Fmax estimate")

@@ -107,7 +107,7 @@ def test_pe_multipliers_go_to_dsps_as_far_as_they_fit():
     assert "pe_8_10 " not in script and "array.pe_8_11 " in script and "array.pe_15_15" in script
     assert pe_mult_choice("ulx3s-85f", four, "dsp") == "dsp"
     assert pe_dsp_count("ulx3s-85f", four, "lut") == 0
-    with pytest.raises(ValueError, match="pe_mult must be 'auto', 'dsp' or 'lut', not 'x'"):
+    with pytest.raises(ValueError, match="pe_mult must be 'auto', 'dsp', 'lut' or 'mixed', not 'x'"):
         pe_mult_choice("ulx3s-85f", one, "x")
 
 
