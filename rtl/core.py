@@ -244,9 +244,13 @@ class NPUCore(wiring.Component):
         halting = Signal()
         bus_error = Signal()
         all_idle = Signal()
-        m.d.comb += all_idle.eq(load.idle & execute.idle & store.idle & ~fetch.inflight
-                                & ~queues["load"].r_rdy & ~queues["execute"].r_rdy
-                                & ~queues["store"].r_rdy)
+        idle_now = (load.idle & execute.idle & store.idle & ~fetch.inflight
+                    & ~queues["load"].r_rdy & ~queues["execute"].r_rdy & ~queues["store"].r_rdy)
+        if cfg.retime:
+            # Registered: the drain states see it a cycle late (nothing is queued meanwhile).
+            m.d.sync += all_idle.eq(idle_now)
+        else:
+            m.d.comb += all_idle.eq(idle_now)
         for unit in (load, execute, store):
             m.d.comb += unit.abort.eq(halting)
         # The units are held in reset during the restart cycle, so fetch starts the cycle after.

@@ -56,9 +56,10 @@ class NPUSystem(wiring.Component):
         self.config = config
         self.npu = NPU(config)
         up = self.npu.axi.signature
-        # Retimed, AXI4 register slices cut the paths from the NPU to the arbiter and from
-        # the arbiter to the memory.
+        # Retimed, AXI4 register slices cut the paths from the NPU and the bridge to the
+        # arbiter and from the arbiter to the memory.
         self.slice = AXI4RegisterSlice(up) if config.retime else None
+        self.bridge_slice = AXI4RegisterSlice(up) if config.retime else None
         self.arbiter = AXI4Arbiter(managers=2, addr_width=config.addr_width,
                                    data_width=config.bus_width, id_width=up.id_width)
         down = AXI4Signature(addr_width=config.addr_width, data_width=config.bus_width,
@@ -86,7 +87,12 @@ class NPUSystem(wiring.Component):
             wiring.connect(m, self.slice.down, self.arbiter.m0)
         else:
             wiring.connect(m, self.npu.axi, self.arbiter.m0)
-        wiring.connect(m, self.bridge.mem, self.arbiter.m1)
+        if self.bridge_slice is not None:
+            m.submodules.bridge_slice = self.bridge_slice
+            wiring.connect(m, self.bridge.mem, self.bridge_slice.up)
+            wiring.connect(m, self.bridge_slice.down, self.arbiter.m1)
+        else:
+            wiring.connect(m, self.bridge.mem, self.arbiter.m1)
         if self.memory_slice is not None:
             m.submodules.memory_slice = self.memory_slice
             wiring.connect(m, self.arbiter.out, self.memory_slice.up)
