@@ -219,6 +219,7 @@ def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
                        pe_mult=pe_mult, utilization=utilization, fmax=fmax, paths=paths,
                        yosys_cells=cells, seconds=seconds, command=command or "", error=error,
                        routed=not place_only)
+    report["config"]["pe_dsp_per_core"] = pe_dsp_count(board, config, pe_mult)
     json_path, md_path = write_reports(report, reports_dir, stem)
     verdict = "PASS" if report["pass"] else "FAIL"
     log(f"{stem}: Fmax {report['fmax_mhz']} MHz vs {report['target_mhz']} MHz target: "

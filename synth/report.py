@@ -170,6 +170,7 @@ def summarise(board, config, *, mem_bytes, clock_hz, pe_mult, utilization, fmax,
                    "requant_lanes": (None if config.requant_sequential
                                      else config.requant_lanes or config.cols),
                    "requant_sequential": config.requant_sequential,
+                   "retime": config.retime,
                    "mem_bytes": mem_bytes, "pe_mult": pe_mult},
         "target_mhz": round(clock_hz / 1e6, 3),
         "resources": resources,
