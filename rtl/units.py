@@ -745,11 +745,11 @@ class ExecuteUnit(wiring.Component):
                 s2_push_prev.eq(s1 & s1_push_prev),
                 s2_lanes.eq(Cat(lanes)),
             ]
-            offered = dict(valid=s2, bank=s2_bank, tag=s2_tag, push_prev=s2_push_prev,
-                           lanes=list(s2_lanes))
+            offered = {"valid": s2, "bank": s2_bank, "tag": s2_tag, "push_prev": s2_push_prev,
+                       "lanes": list(s2_lanes)}
         else:
-            offered = dict(valid=s1, bank=s1_bank, tag=s1_tag, push_prev=s1_push_prev,
-                           lanes=lanes)
+            offered = {"valid": s1, "bank": s1_bank, "tag": s1_tag, "push_prev": s1_push_prev,
+                       "lanes": lanes}
         m.d.comb += [
             array.a.valid.eq(offered["valid"]),
             array.a.p.bank.eq(offered["bank"]),

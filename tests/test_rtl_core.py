@@ -67,8 +67,9 @@ def test_retimed_cores_match_numpy_golden_and_the_plain_build_but_take_longer(ra
     rng = np.random.default_rng(17)
     a, b = random_int8(rng, (21, 40)), random_int8(rng, (40, 11))
     a[3:9] = 0                      # whole zero vectors: skipped passes
-    params = dict(bias=rng.integers(-5000, 5000, 11), multiplier=rng.integers(1 << 28, 1 << 31, 11),
-                  shift=rng.integers(-9, 2, 11), zero_point=3, act_min=-128, act_max=127)
+    params = {"bias": rng.integers(-5000, 5000, 11),
+              "multiplier": rng.integers(1 << 28, 1 << 31, 11),
+              "shift": rng.integers(-9, 2, 11), "zero_point": 3, "act_min": -128, "act_max": 127}
     runs = {}
     for retime in (False, True):
         config = NPUConfig(rows=4, cols=4, cores=2, retime=retime)

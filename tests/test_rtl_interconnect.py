@@ -544,7 +544,6 @@ def test_register_slice_passes_every_beat_once_in_order_on_every_channel(p_valid
     rng = random.Random(int(p_valid * 10 + p_ready * 100))
     sent = {valid: [] for valid, *_ in _AXI4_CHANNELS}
     got = {valid: [] for valid, *_ in _AXI4_CHANNELS}
-    latency = {}
 
     def ports(direction):
         return (dut.up, dut.down) if direction == "down" else (dut.down, dut.up)

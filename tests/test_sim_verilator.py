@@ -91,8 +91,9 @@ def test_retimed_fpga_configuration_matches_amaranth_cycle_for_cycle():
     a = rng.integers(-128, 128, (30, 40)).astype(np.int8)
     b = rng.integers(-128, 128, (40, 9)).astype(np.int8)
     a[5:17] = 0
-    params = dict(bias=rng.integers(-5000, 5000, 9), multiplier=rng.integers(1 << 28, 1 << 31, 9),
-                  shift=rng.integers(-9, 2, 9), zero_point=-3, act_min=-128, act_max=127)
+    params = {"bias": rng.integers(-5000, 5000, 9),
+              "multiplier": rng.integers(1 << 28, 1 << 31, 9),
+              "shift": rng.integers(-9, 2, 9), "zero_point": -3, "act_min": -128, "act_max": 127}
     image = build_gemm_image(cfg, a, b, raw=False, params=params)
     expected = AmaranthBackend(cfg).run(image.memory, image.starts)
     got = VerilatorBackend(cfg).run(image.memory, image.starts)

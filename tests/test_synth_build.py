@@ -7,8 +7,14 @@ import json
 import pytest
 
 from npu.synth.boards import BOARDS, board_config
-from npu.synth.build import (_overrides, build, find_toolchain, missing_tools, pe_dsp_count,
-                              pe_mult_choice)
+from npu.synth.build import (
+    _overrides,
+    build,
+    find_toolchain,
+    missing_tools,
+    pe_dsp_count,
+    pe_mult_choice,
+)
 from npu.synth.build import main as build_main
 from npu.synth.report import (
     parse_critical_paths,
@@ -107,7 +113,8 @@ def test_pe_multipliers_go_to_dsps_as_far_as_they_fit():
     assert "pe_8_10 " not in script and "array.pe_8_11 " in script and "array.pe_15_15" in script
     assert pe_mult_choice("ulx3s-85f", four, "dsp") == "dsp"
     assert pe_dsp_count("ulx3s-85f", four, "lut") == 0
-    with pytest.raises(ValueError, match="pe_mult must be 'auto', 'dsp', 'lut' or 'mixed', not 'x'"):
+    with pytest.raises(ValueError,
+                       match="pe_mult must be 'auto', 'dsp', 'lut' or 'mixed', not 'x'"):
         pe_mult_choice("ulx3s-85f", one, "x")
 
 
