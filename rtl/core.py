@@ -405,8 +405,8 @@ class _Checker:
     """The dispatch-time checks of one instruction (see ErrorCode and isa.FIELD_LIMITS).
 
     The last row's offset (a multiply) is registered as the instruction is fetched
-    (``fetch()``), the extents from it and the instruction register (``register()``), and
-    the comparisons are made from those registers: three short paths.
+    (``fetch()``); the extents and the field, opcode and alignment checks in DECODE
+    (``register()``); the window comparisons and the verdict in CHECK, from those registers.
     """
 
     def __init__(self, m, cfg, ins, win_base, win_limit):
@@ -417,8 +417,8 @@ class _Checker:
         ld, lp, lw, mm, st = (ins.body.load, ins.body.loadp, ins.body.loadw,
                               ins.body.matmul, ins.body.store)
 
-        self.opcode_ok = Signal()
-        m.d.comb += self.opcode_ok.eq(op <= max(o.value for o in Opcode))
+        opcode_ok = Signal()
+        m.d.comb += opcode_ok.eq(op <= max(o.value for o in Opcode))
 
         fields_ok = Signal()
         aligned = Signal()
@@ -505,8 +505,11 @@ class _Checker:
                 m.d.comb += [fields_ok.eq(d.as_value() == 0), aligned.eq(1)]
             with m.Default():
                 m.d.comb += [fields_ok.eq(1), aligned.eq(1)]
-        self.fields_ok = fields_ok
-        self.aligned = aligned
+        # What CHECK looks at is registered in DECODE.
+        self._now = {"opcode_ok": opcode_ok, "fields_ok": fields_ok, "aligned": aligned}
+        self.opcode_ok = Signal()
+        self.fields_ok = Signal()
+        self.aligned = Signal()
 
         self._first = first[:aw]
         self._end_next = last_row + row_extent
@@ -535,4 +538,5 @@ class _Checker:
 
     def register(self):
         return [self._end.eq(self._end_next), self._first_r.eq(self._first),
-                self._far_r.eq(self._far), self._dma_r.eq(self._dma)]
+                self._far_r.eq(self._far), self._dma_r.eq(self._dma),
+                *(getattr(self, name).eq(value) for name, value in self._now.items())]

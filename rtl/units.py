@@ -606,13 +606,24 @@ class ExecuteUnit(wiring.Component):
         bank_free = Signal()
         # Banks a read-stage vector uses before the array sees it (retimed: the gather stage).
         pre_array = Signal(2)
+        busy = Signal(2)
+        if cfg.retime:
+            # The array's busy bits (an OR over its whole length) a cycle late, with what
+            # the read stage holds now: a superset of the banks in use now, since every vector
+            # in the array or offered to it now was in the array, offered or in the read stage
+            # a cycle ago. A bank is free a cycle later than it could be.
+            busy_before = Signal(2)
+            m.d.sync += busy_before.eq(array.bank_busy | pre_array)
+            m.d.comb += busy.eq(busy_before | pre_array)
+        else:
+            m.d.comb += busy.eq(array.bank_busy | pre_array)
         m.d.comb += [
-            bank_free.eq(~(array.bank_busy | pre_array).bit_select(w_bank, 1)),
-            w_taken.eq(w_s1 & Mux(w_s1_row < R, array.w.ready, 1) & bank_free),
+            bank_free.eq(~busy.bit_select(w_bank, 1)),
+            w_taken.eq(w_s1 & bank_free),
             w_adv.eq(~w_s1 | w_taken),
             self.sp_w.en.eq(w_adv),
             self.sp_w.addr.eq(w_addr),
-            array.w.valid.eq(w_s1 & (w_s1_row < R) & ~pre_array.bit_select(w_bank, 1)),
+            array.w.valid.eq(w_s1 & (w_s1_row < R) & bank_free),
             array.w.p.row.eq(w_s1_row),
             array.w.p.bank.eq(w_bank),
         ]
