@@ -199,6 +199,7 @@ def _markdown(report):
         "",
         (f"Target clock {report['target_mhz']:g} MHz: "
          f"**{'PASS' if report['pass'] else 'FAIL'}** (Fmax {report['fmax_mhz']} MHz). Peak "
+         f"{report['peak_gops_at_fmax']} GOPS at min(Fmax, target), "
          f"{report['peak_gops_at_target']} GOPS at the target clock (2 x MACs x f)."),
         "",
         *([f"The build stopped: `{report['error']}`", ""] if report["error"] else []),
