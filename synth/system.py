@@ -24,7 +24,8 @@ class NPUSystem(wiring.Component):
     """``NPU(config)`` sharing ``mem_bytes`` of on-chip memory with a :class:`HostBridge`.
 
     The NPU and the bridge are the two managers of an ``AXI4Arbiter`` in front of an
-    :class:`AXI4OnChipMemory`; the bridge also owns the NPU's register bus.
+    :class:`AXI4OnChipMemory`; the bridge also owns the NPU's register bus. With
+    ``config.retime`` each of the three links goes through an ``AXI4RegisterSlice``.
 
     Parameters
     ----------
@@ -48,6 +49,8 @@ class NPUSystem(wiring.Component):
     ----------
     npu : NPU
     memory : AXI4OnChipMemory
+    slice, bridge_slice, memory_slice : AXI4RegisterSlice or None
+        The register slices after the NPU and the bridge and before the memory (retimed).
     """
 
     def __init__(self, config, *, mem_bytes, timeout=None, spram=False):
@@ -81,26 +84,21 @@ class NPUSystem(wiring.Component):
         m.submodules.arbiter = self.arbiter
         m.submodules.memory = self.memory
         m.submodules.bridge = self.bridge
-        if self.slice is not None:
-            m.submodules.slice = self.slice
-            wiring.connect(m, self.npu.axi, self.slice.up)
-            wiring.connect(m, self.slice.down, self.arbiter.m0)
-        else:
-            wiring.connect(m, self.npu.axi, self.arbiter.m0)
-        if self.bridge_slice is not None:
-            m.submodules.bridge_slice = self.bridge_slice
-            wiring.connect(m, self.bridge.mem, self.bridge_slice.up)
-            wiring.connect(m, self.bridge_slice.down, self.arbiter.m1)
-        else:
-            wiring.connect(m, self.bridge.mem, self.arbiter.m1)
-        if self.memory_slice is not None:
-            m.submodules.memory_slice = self.memory_slice
-            wiring.connect(m, self.arbiter.out, self.memory_slice.up)
-            wiring.connect(m, self.memory_slice.down, self.memory.bus)
-        else:
-            wiring.connect(m, self.arbiter.out, self.memory.bus)
+        _through(m, "slice", self.slice, self.npu.axi, self.arbiter.m0)
+        _through(m, "bridge_slice", self.bridge_slice, self.bridge.mem, self.arbiter.m1)
+        _through(m, "memory_slice", self.memory_slice, self.arbiter.out, self.memory.bus)
         wiring.connect(m, self.bridge.csr, self.npu.csr)
         wiring.connect(m, wiring.flipped(self.rx), self.bridge.rx)
         wiring.connect(m, self.bridge.tx, wiring.flipped(self.tx))
         m.d.comb += self.irq.eq(self.npu.irq)
         return m
+
+
+def _through(m, name, register_slice, manager, subordinate):
+    """Connect ``manager`` to ``subordinate``, through ``register_slice`` unless it is None."""
+    if register_slice is None:
+        wiring.connect(m, manager, subordinate)
+    else:
+        m.submodules[name] = register_slice
+        wiring.connect(m, manager, register_slice.up)
+        wiring.connect(m, register_slice.down, subordinate)
