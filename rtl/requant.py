@@ -47,6 +47,9 @@ class Requantiser(wiring.Component):
        single: arithmetic ``>> (30 - shift)``;
     5. the final right shift, ``+ zero_point``, the clamp to ``[act_min, act_max]``.
 
+    With ``config.retime`` the bias add, each add of the 64-bit sum, the saturation, the final
+    shift and the zero point get stages of their own (11 in all).
+
     Parameters
     ----------
     config : NPUConfig
@@ -68,7 +71,7 @@ class Requantiser(wiring.Component):
     o : Out(stream.Signature(Requantiser.output_layout(lanes)))
         The int8 results, one per lane.
     latency : int
-        Pipeline depth in cycles (5).
+        Pipeline depth in cycles (5; 11 with ``config.retime``).
     lanes : int
     rounding : str
     """
