@@ -783,6 +783,9 @@ class ExecuteUnit(wiring.Component):
         m.d.comb += a_busy.eq((a_left != 0) | s1 | s2)
 
         # Write-back: read the row at the array's output, add, write one cycle later.
+        # Retimed, the row read is registered first and the add made a cycle later (the
+        # block RAM's clock-to-output and the add are not one path); the row written the
+        # cycle before, which that read could not see yet, is forwarded.
         wb_valid = Signal()
         wb_addr = Signal.like(self.acc_wr.addr)
         wb_accumulate = Signal()
@@ -791,12 +794,7 @@ class ExecuteUnit(wiring.Component):
         m.d.comb += [
             self.acc_rd.addr.eq(array.o.p.tag.addr),
             self.acc_rd.en.eq(array.o.valid),
-            self.acc_wr.addr.eq(wb_addr),
-            self.acc_wr.en.eq(wb_valid),
         ]
-        for j in range(C):
-            m.d.comb += self.acc_wr.data[j].eq(
-                Mux(wb_accumulate, self.acc_rd.data[j], 0) + wb_data[j])
         m.d.sync += [
             wb_valid.eq(array.o.valid),
             wb_addr.eq(array.o.p.tag.addr),
@@ -804,9 +802,43 @@ class ExecuteUnit(wiring.Component):
             wb_push_next.eq(array.o.valid & array.o.p.tag.push_next),
             wb_data.eq(array.o.p.data),
         ]
-        m.d.comb += self.late_push.eq(Cat(to_array & offered["push_prev"], wb_push_next))
+        if cfg.retime:
+            wr_valid = Signal()
+            wr_addr = Signal.like(wb_addr)
+            wr_accumulate = Signal()
+            wr_push_next = Signal()
+            wr_data = Signal.like(wb_data)
+            wr_row = Signal.like(wb_data)            # the row as read
+            m.d.sync += [
+                wr_valid.eq(wb_valid), wr_addr.eq(wb_addr), wr_accumulate.eq(wb_accumulate),
+                wr_push_next.eq(wb_push_next), wr_data.eq(wb_data),
+                wr_row.eq(self.acc_rd.data),
+            ]
+            # The write of the cycle before.
+            last_valid = Signal()
+            last_addr = Signal.like(wb_addr)
+            last_row = Signal.like(wb_data)
+            m.d.sync += [last_valid.eq(self.acc_wr.en), last_addr.eq(self.acc_wr.addr),
+                         last_row.eq(self.acc_wr.data)]
+            forward = last_valid & (last_addr == wr_addr)
+            row = [Mux(forward, last_row[j], wr_row[j]) for j in range(C)]
+            write = {"valid": wr_valid, "addr": wr_addr, "accumulate": wr_accumulate,
+                     "push_next": wr_push_next, "data": wr_data}
+        else:
+            row = [self.acc_rd.data[j] for j in range(C)]
+            write = {"valid": wb_valid, "addr": wb_addr, "accumulate": wb_accumulate,
+                     "push_next": wb_push_next, "data": wb_data}
+        m.d.comb += [
+            self.acc_wr.addr.eq(write["addr"]),
+            self.acc_wr.en.eq(write["valid"]),
+        ]
+        for j in range(C):
+            m.d.comb += self.acc_wr.data[j].eq(
+                Mux(write["accumulate"], row[j], 0) + write["data"][j])
+        m.d.comb += self.late_push.eq(Cat(to_array & offered["push_prev"], write["push_next"]))
         drained = Signal()
-        m.d.comb += drained.eq(~a_busy & (array.bank_busy == 0) & ~wb_valid)
+        m.d.comb += drained.eq(~a_busy & (array.bank_busy == 0) & ~wb_valid
+                               & ~(write["valid"] if cfg.retime else 0))
 
         with m.FSM():
             with _TokenWait.take(m, self, ins, idle=~w_busy & drained):

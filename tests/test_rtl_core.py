@@ -91,6 +91,48 @@ def test_retimed_cores_match_numpy_golden_and_the_plain_build_but_take_longer(ra
     assert sum(core.counters["passes_skipped"] for core in runs[True].cores) > 0
 
 
+@pytest.mark.parametrize("m", [1, 2, 3])
+def test_retimed_accumulation_into_the_same_rows_back_to_back_is_exact(m):
+    # A few rows and many K-blocks: the passes into one accumulator row follow each other
+    # closely, through the retimed write-back's forwarding.
+    config = NPUConfig(rows=4, cols=4, cores=1, retime=True, sparse_group=1)
+    rng = np.random.default_rng(m)
+    a, b = random_int8(rng, (m, 37)), random_int8(rng, (37, 6))
+    image = build_gemm_image(config, a, b, raw=True)
+    hw, gold = run_both(config, image)
+    np.testing.assert_array_equal(image.read_output(hw.memory), a.astype(np.int64) @ b)
+    np.testing.assert_array_equal(hw.memory, gold.memory)
+
+
+@pytest.mark.parametrize("retime", [False, True])
+def test_one_row_matmuls_back_to_back_into_one_accumulator_row(retime):
+    # Each MATMUL streams one vector into accumulator row 0, the next one the cycle after:
+    # the retimed write-back must forward the row it has just written.
+    config = NPUConfig(rows=4, cols=4, cores=1, retime=retime)
+    memory = np.zeros(0x4000, np.uint8)
+    rng = np.random.default_rng(9)
+    memory[0x1000:0x1200] = rng.integers(0, 256, 0x200, dtype=np.uint8)
+    memory[0x1180:0x1184] = [0, 1, 2, 3]                    # gather indices 0..3
+    p = Program()
+    p.load(0, 4, 4, 8, 0x1100)                              # weights
+    p.load(4, 1, 4, 8, 0x1180)
+    p.load(8, 6, 4, 8, 0x1000, deps=("push_next",))         # six activation lines
+    p.loadw(0, deps=("pop_prev",))
+    p.matmul(8, 0, 1)
+    for line in range(9, 14):
+        p.matmul(line, 0, 1, accumulate=True, deps=("push_next",) if line == 13 else ())
+    p.store(0, 1, 4, 16, 0x2000, raw=True, deps=("pop_prev",))
+    p.end()
+    words = np.frombuffer(p.to_bytes(), np.uint8)
+    memory[:len(words)] = words
+    hw, gold = run_both(config, type("Image", (), {"memory": memory, "starts": [0]})())
+    a = memory[0x1000:0x1030].view(np.int8).reshape(6, 8)[:, :4].astype(np.int64)
+    w = memory[0x1100:0x1120].view(np.int8).reshape(4, 8)[:, :4].astype(np.int64)
+    got = hw.memory[0x2000:0x2010].view("<i4")
+    np.testing.assert_array_equal(got, (a @ w).sum(axis=0))
+    np.testing.assert_array_equal(hw.memory, gold.memory)
+
+
 @pytest.mark.parametrize("slots, barriers", [(4, 0), (1, 5)])
 def test_more_n_blocks_than_parameter_slots(slots, barriers):
     # 6 N-blocks, resident activations: with 4 slots each slot is reloaded as soon as tokens
