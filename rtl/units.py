@@ -105,6 +105,13 @@ def _tree_sum(values):
     return values[0]
 
 
+def _sub_blocks_used(indices, groups, rows):
+    """Bit g: some gather index lies in sub-block g (bytes ``g * rows`` to ``(g + 1) * rows``);
+    0xFF, an empty row, lies in none."""
+    return Cat(Cat(((idx >= g * rows) if g else 1) & (idx < (g + 1) * rows)
+                   for idx in indices).any() for g in range(groups))
+
+
 def _burst_len(m, config, addr, beats_left):
     """Beats of the next burst: what is left of the row, cut at the 4 KB boundary AXI forbids
     a burst to cross, and at 256 beats."""
@@ -643,15 +650,17 @@ class ExecuteUnit(wiring.Component):
                             with m.Case(i):
                                 m.d.sync += wzero[b][i].eq(zeros_in_row)
                 with m.Else():
-                    use = Signal(G, name=f"use{b}")
-                    for g in range(G):
-                        lo = [] if g == 0 else [self.sp_w.data[i] >= g * R for i in range(R)]
-                        hi = [self.sp_w.data[i] < (g + 1) * R for i in range(R)]
-                        m.d.comb += use[g].eq(Cat(
-                            (lo[i] & hi[i]) if lo else hi[i] for i in range(R)).any())
-                    m.d.sync += used[b].eq(use)
+                    if not cfg.retime:
+                        m.d.sync += used[b].eq(_sub_blocks_used(
+                            [self.sp_w.data[i] for i in range(R)], G, R))
                     for i in range(R):
                         m.d.sync += gather[b][i].eq(self.sp_w.data[i])
+        if cfg.retime:
+            # The sub-blocks a tile uses, from its registered gather indices a cycle after they
+            # are written (not from the RAM's output): a MATMUL's first skip decision comes
+            # two cycles after its tile's metadata is written at the earliest.
+            for b in range(2):
+                m.d.sync += used[b].eq(_sub_blocks_used(gather[b], G, R))
         w_busy = Signal()
         m.d.comb += w_busy.eq((w_left != 0) | w_s1)
 
