@@ -93,10 +93,11 @@ class NPUConfig:
         Bits of each performance counter but ``cycles`` (always 32), 1..32; a counter wraps
         at ``2**counter_width`` (its register reads zeros above).
     retime : bool
-        Extra register stages for FPGA clock rates: the requantiser takes 11 stages instead
-        of 5, the execute unit registers the gathered activation vector before the array and
-        each processing element its product before the add (array latency ``R + C``). The
-        FPGA builds for the ECP5 set it (see ``npu.synth.boards``).
+        Extra register stages for FPGA clock rates: among them an 11-stage requantiser (not
+        5), the gathered activation vector registered before the array, each processing
+        element's product registered before the add (array latency ``R + C``), registered
+        DMA burst lengths and a longer accumulator write-back (docs/architecture.md lists
+        them all). The ECP5 builds set it (see ``npu.synth.boards``).
 
     ``fetch_depth``, ``unit_queue_depth``, ``requant_lanes``, ``requant_sequential``,
     ``load_queue_depth``, ``store_queue_depth``, ``zero_lookahead`` and ``retime`` change only

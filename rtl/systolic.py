@@ -42,6 +42,11 @@ class ProcessingElement(wiring.Component):
         ``psum_in + a_in * W[a_bank_in]``, registered.
     w_we, w_bank, w_data : In
         Write ``w_data`` into weight bank ``w_bank``.
+
+    Parameters
+    ----------
+    product_register : bool
+        Register the product before the add (``psum_in`` is then expected a cycle later).
     """
 
     en: In(1)
