@@ -22,7 +22,7 @@ from .isa import (
     Opcode,
     param_slot_bytes,
 )
-from .units import ExecuteUnit, FetchUnit, LoadUnit, ParamWords, StoreUnit
+from .units import ExecuteUnit, FetchUnit, LoadUnit, ParamWords, StoreUnit, stage_if
 
 __all__ = ["NPUCore", "AXI_ID_FETCH", "AXI_ID_LOAD"]
 
@@ -110,10 +110,7 @@ class NPUCore(wiring.Component):
         # Retimed, that reset (thousands of flip-flops) comes from a register, a cycle after
         # the restart; dispatch waits for it.
         unit_reset = Signal()
-        if cfg.retime:
-            m.d.sync += unit_reset.eq(restart)
-        else:
-            m.d.comb += unit_reset.eq(restart)
+        stage_if(m, cfg.retime, unit_reset, restart)
 
         def fresh(unit):
             return ResetInserter(unit_reset)(unit)
@@ -246,11 +243,9 @@ class NPUCore(wiring.Component):
         all_idle = Signal()
         idle_now = (load.idle & execute.idle & store.idle & ~fetch.inflight
                     & ~queues["load"].r_rdy & ~queues["execute"].r_rdy & ~queues["store"].r_rdy)
-        if cfg.retime:
-            # Registered: the drain states see it a cycle late (nothing is queued meanwhile).
-            m.d.sync += all_idle.eq(idle_now)
-        else:
-            m.d.comb += all_idle.eq(idle_now)
+        # Retimed, registered: the drain states see it a cycle late (nothing is queued
+        # meanwhile).
+        stage_if(m, cfg.retime, all_idle, idle_now)
         for unit in (load, execute, store):
             m.d.comb += unit.abort.eq(halting)
         # The units are held in reset during the restart cycle, so fetch starts the cycle after.

@@ -97,6 +97,13 @@ def _check_config(config):
         raise TypeError(f"config must be an NPUConfig, not {config!r}")
 
 
+def stage_if(m, registered, target, value):
+    """Drive ``target`` with ``value``: registered (a cycle late) if ``registered``, else
+    combinationally. For the optional register stages of ``config.retime``."""
+    domain = m.d.sync if registered else m.d.comb
+    domain += target.eq(value)
+
+
 def _tree_sum(values):
     """The sum of ``values`` as a balanced tree of adds (log2(n) adders deep, not n)."""
     while len(values) > 1:
@@ -289,11 +296,10 @@ class FetchUnit(wiring.Component):
         # `inside` is true for the current `addr` unless `stale`.
         stale = Signal()
         issue = Signal()
+        # Retimed, the window check is registered: it is valid the cycle after `addr` changes.
+        stage_if(m, cfg.retime, inside, inside_now)
         if cfg.retime:
-            # The window check is registered: it is valid the cycle after `addr` changes.
-            m.d.sync += [inside.eq(inside_now), stale.eq(issue | self.start)]
-        else:
-            m.d.comb += inside.eq(inside_now)
+            m.d.sync += stale.eq(issue | self.start)
         room = Signal()
         m.d.comb += room.eq(level + outstanding < depth)
 
@@ -722,11 +728,7 @@ class ExecuteUnit(wiring.Component):
             self.sp_a.en.eq(a_adv),
             self.sp_a.addr.eq(a_addr + pick),
         ]
-        skipped = Mux(active, step - found, 0)
-        if cfg.retime:
-            m.d.sync += self.skipped.eq(skipped)
-        else:
-            m.d.comb += self.skipped.eq(skipped)
+        stage_if(m, cfg.retime, self.skipped, Mux(active, step - found, 0))
         with m.If(a_adv):
             m.d.sync += s1.eq(active & found)
         # The read stage's gather indices: retimed, registered with the line's read (so the
