@@ -153,12 +153,13 @@ class NPUCore(wiring.Component):
         m.d.comb += [params_rd.addr.eq(store.params_rd.addr),
                      store.params_rd.data.eq(params_rd.data)]
         # Zero flags: written with each loaded line, read ahead asynchronously (small: one bit
-        # per sub-block per line, distributed RAM on an FPGA).
+        # per sub-block per line, distributed RAM on an FPGA), or with the execute unit's
+        # late_skip synchronously with the line (block RAM).
         if self.zflags is not None:
             m.submodules.zflags = self.zflags
             wiring.connect(m, load.zflags, self.zflags.write_port())
             for j in range(execute.lookahead):
-                port = self.zflags.read_port(domain="comb")
+                port = self.zflags.read_port(domain="sync" if execute.late_skip else "comb")
                 m.d.comb += [port.addr.eq(execute.zf_addr[j]),
                              execute.zf_data[j].eq(port.data)]
 

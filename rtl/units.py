@@ -557,12 +557,18 @@ class ExecuteUnit(wiring.Component):
     the engine looks ``lookahead`` lines ahead, so it can pass over that many zero lines per
     cycle. Zero operands of the vectors it does issue are counted as gated MACs.
     ``lookahead`` is ``config.zero_lookahead``.
+
+    Retimed with a lookahead of one line (``late_skip``), the issue stage reads every line
+    and the line's flags with it (``zf_data`` then comes the cycle after ``zf_addr``, from a
+    synchronous read: block RAM on an FPGA); the read stage drops a skipped line instead of
+    passing it on. A line costs a cycle either way, as with the lookahead of one.
     """
 
     def __init__(self, config):
         _check_config(config)
         self._config = config
         self.lookahead = config.zero_lookahead
+        self.late_skip = config.retime and config.zero_lookahead == 1
         L = config.line_bytes
         G = config.sparse_group
         W = self.lookahead
@@ -577,7 +583,8 @@ class ExecuteUnit(wiring.Component):
             "late_push": Out(2),     # MATMUL pushes, when their data has moved
             "sp_w": In(ReadPort.Signature(**sp_sig)),
             "sp_a": In(ReadPort.Signature(**sp_sig)),
-            # Asynchronous reads of the zero flags of the next `lookahead` lines.
+            # Reads of the zero flags of the next `lookahead` lines: asynchronous, or with
+            # `late_skip` synchronous.
             "zf_addr": Out(data.ArrayLayout(sp_bits, W)),
             "zf_data": In(data.ArrayLayout(G, W)),
             "acc_rd": In(ReadPort.Signature(**acc_sig)),
@@ -708,7 +715,7 @@ class ExecuteUnit(wiring.Component):
         keep = Signal(W)          # candidate j must be issued
         for j in range(W):
             last = a_left == j + 1
-            skip = (Const(cfg.zero_skip, 1) & a_accumulate
+            skip = (Const(cfg.zero_skip and not self.late_skip, 1) & a_accumulate
                     & ((self.zf_data[j] & a_used) == a_used)
                     & ~(last & (a_push_prev | a_push_next)))
             m.d.comb += [
@@ -728,7 +735,19 @@ class ExecuteUnit(wiring.Component):
             self.sp_a.en.eq(a_adv),
             self.sp_a.addr.eq(a_addr + pick),
         ]
-        stage_if(m, cfg.retime, self.skipped, Mux(active, step - found, 0))
+        # With late_skip, the read stage drops a line whose gathered sub-blocks its flags
+        # (read with it) show all zero, unless it is the last of a MATMUL that pushes.
+        s1_skip = Signal()
+        if self.late_skip:
+            s1_used = Signal(G)
+            with m.If(active):
+                m.d.sync += s1_used.eq(a_used)
+            m.d.comb += s1_skip.eq(Const(cfg.zero_skip, 1) & s1 & s1_tag.accumulate
+                                   & ((self.zf_data[0] & s1_used) == s1_used)
+                                   & ~s1_tag.push_next & ~s1_push_prev)
+            m.d.sync += self.skipped.eq(s1_skip)
+        else:
+            stage_if(m, cfg.retime, self.skipped, Mux(active, step - found, 0))
         with m.If(a_adv):
             m.d.sync += s1.eq(active & found)
         # The read stage's gather indices: retimed, registered with the line's read (so the
@@ -763,7 +782,7 @@ class ExecuteUnit(wiring.Component):
             lanes.append(lane)
         if cfg.retime:
             m.d.sync += [
-                s2.eq(s1), s2_bank.eq(s1_bank), s2_tag.eq(s1_tag),
+                s2.eq(s1 & ~s1_skip), s2_bank.eq(s1_bank), s2_tag.eq(s1_tag),
                 s2_push_prev.eq(s1 & s1_push_prev),
                 s2_lanes.eq(Cat(lanes)),
             ]
