@@ -15,14 +15,19 @@ Dataflow (R rows x C columns, see docs/architecture.md):
   ``latency = R + C - 1`` cycles.
 """
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .config import NPUConfig
 
-__all__ = ["ProcessingElement", "SystolicArray"]
+__all__ = ["DSP_PRODUCTS", "ProcessingElement", "SystolicArray"]
+
+#: The platform attribute an ECP5 build sets to the number of PEs per array (the first ones in
+#: row-major order) whose multiply and product register are one MULT18X18D, the register being
+#: the DSP's output register (retimed arrays only). Unset, every product is inferred.
+DSP_PRODUCTS = "npu_dsp_products"
 
 
 class ProcessingElement(wiring.Component):
@@ -47,6 +52,13 @@ class ProcessingElement(wiring.Component):
     ----------
     product_register : bool
         Register the product before the add (``psum_in`` is then expected a cycle later).
+    ecp5_dsp : bool
+        With ``product_register``: the multiply and the product register are one ECP5
+        MULT18X18D whose output register is the product register, so the multiplier's delay
+        ends inside the DSP instead of after a route to a fabric flip-flop. That register is
+        not reset with the unit (a product only reaches a result with the partial sums of its
+        own vector, so what it holds after a reset is never used). For synthesis only: the
+        simulators do not run the instance.
     """
 
     en: In(1)
@@ -60,8 +72,11 @@ class ProcessingElement(wiring.Component):
     w_bank: In(1)
     w_data: In(signed(8))
 
-    def __init__(self, *, product_register=False):
+    def __init__(self, *, product_register=False, ecp5_dsp=False):
+        if ecp5_dsp and not product_register:
+            raise ValueError("An ECP5 DSP product needs the product register (retime)")
         self.product_register = product_register
+        self.ecp5_dsp = ecp5_dsp
         super().__init__()
 
     def elaborate(self, platform):
@@ -75,7 +90,12 @@ class ProcessingElement(wiring.Component):
         weight = Mux(self.a_bank_in, weights[1], weights[0])
         # int8 x int8 fits 16 bits; the int32 sum wraps like the accumulator does.
         product = self.a_in * weight
-        if self.product_register:
+        if self.ecp5_dsp:
+            registered = Signal(signed(16))
+            m.submodules.mult = _ecp5_registered_multiply(self.a_in, weight, registered,
+                                                          self.en)
+            product = registered
+        elif self.product_register:
             # The multiplier and the adder in separate cycles: psum_in arrives a cycle later
             # too, because every row above is one cycle later as well.
             registered = Signal(signed(16))
@@ -89,6 +109,28 @@ class ProcessingElement(wiring.Component):
                 self.psum_out.eq(self.psum_in + product),
             ]
         return m
+
+
+def _ecp5_registered_multiply(a, b, p, ce):
+    """A MULT18X18D: ``p`` (16 bits) <= ``a * b`` (signed 8 x 8 bits) when ``ce``, through its
+    output register on the ``sync`` clock."""
+    ports = {"p_REG_OUTPUT_CLK": "CLK0", "p_REG_OUTPUT_CE": "CE0", "p_REG_OUTPUT_RST": "RST0",
+             "p_GSR": "DISABLED", "p_RESETMODE": "SYNC",
+             "i_CLK0": ClockSignal("sync"), "i_CE0": ce, "i_RST0": Const(0, 1),
+             "i_SIGNEDA": Const(1, 1), "i_SIGNEDB": Const(1, 1),
+             "i_SOURCEA": Const(0, 1), "i_SOURCEB": Const(0, 1)}
+    wide_a, wide_b = Signal(signed(18)), Signal(signed(18))
+    wide_p = Signal(36)
+    for i in range(18):
+        ports[f"i_A{i}"] = wide_a[i]
+        ports[f"i_B{i}"] = wide_b[i]
+        ports[f"i_C{i}"] = Const(0, 1)
+    for i in range(36):
+        ports[f"o_P{i}"] = wide_p[i]
+    m = Module()
+    m.submodules.dsp = Instance("MULT18X18D", **ports)
+    m.d.comb += [wide_a.eq(a), wide_b.eq(b), p.eq(wide_p[:16])]
+    return m
 
 
 class SystolicArray(wiring.Component):
@@ -111,7 +153,8 @@ class SystolicArray(wiring.Component):
     w : In(stream)
         ``row`` (0..R-1), ``bank``, ``data``: C int8 lanes; one row per cycle. Not ready while
         a vector that uses ``bank`` is offered or still in the array, so a weight write can
-        never corrupt a pass in flight.
+        never corrupt a pass in flight. With ``config.retime`` a row is written a cycle after
+        it is taken, and ``a`` is not ready for a vector of that bank meanwhile.
     bank_busy : Out(2)
         Bit b is set while any vector using bank b is offered or in flight.
     """
@@ -153,25 +196,49 @@ class SystolicArray(wiring.Component):
             self.w.ready.eq(~self.bank_busy.bit_select(self.w.p.bank, 1)),
         ]
 
-        pes = [[ProcessingElement(product_register=self.config.retime) for _ in range(C)]
-               for _ in range(R)]
+        on_dsp = getattr(platform, DSP_PRODUCTS, 0) if self.config.retime else 0
+        pes = [[ProcessingElement(product_register=self.config.retime,
+                                  ecp5_dsp=i * C + j < on_dsp) for j in range(C)]
+               for i in range(R)]
+        # A weight row taken is written into its PEs; retimed, a cycle later from registers
+        # (the row comes from block RAM and fans out to a whole row of PEs). Either way a
+        # vector taken after the row is multiplied with it.
+        w_we = Signal(R)
+        w_bank = Signal()
+        w_data = Signal.like(self.w.p.data)
+        write = [
+            w_we.eq(Cat(self.w.valid & self.w.ready & (self.w.p.row == i) for i in range(R))),
+            w_bank.eq(self.w.p.bank),
+            w_data.eq(self.w.p.data),
+        ]
+        if self.config.retime:
+            m.d.sync += write
+            # Not ready for a vector whose bank is being written from the registers: PE(0, 0)
+            # would multiply it with the old weight. (The core offers a tile's first vector
+            # cycles after its last row, so it never sees this.)
+            with m.If((w_we != 0) & (w_bank == self.a.p.bank)):
+                m.d.comb += self.a.ready.eq(0)
+        else:
+            m.d.comb += write
         for i in range(R):
             for j in range(C):
                 m.submodules[f"pe_{i}_{j}"] = pes[i][j]
                 pe = pes[i][j]
                 m.d.comb += [
                     pe.en.eq(en),
-                    pe.w_we.eq(self.w.valid & self.w.ready & (self.w.p.row == i)),
-                    pe.w_bank.eq(self.w.p.bank),
-                    pe.w_data.eq(self.w.p.data[j]),
+                    pe.w_we.eq(w_we[i]),
+                    pe.w_bank.eq(w_bank),
+                    pe.w_data.eq(w_data[j]),
                 ]
 
         # Input skew: lane i waits i cycles. Bubbles enter as zeros so idle PEs do not toggle.
+        taken = Signal()
+        m.d.comb += taken.eq(self.a.valid & self.a.ready)
         for i in range(R):
             a = Signal(signed(8), name=f"skew_a{i}_0")
             bank = Signal(name=f"skew_b{i}_0")
             m.d.comb += [
-                a.eq(Mux(self.a.valid, self.a.p.data[i], 0)),
+                a.eq(Mux(taken, self.a.p.data[i], 0)),
                 bank.eq(self.a.p.bank),
             ]
             for d in range(i):
@@ -205,8 +272,8 @@ class SystolicArray(wiring.Component):
 
         # Valid, bank and tag travel beside the array in a delay line of the same length; a
         # bank is busy while any stage (or the offered input) holds a vector that uses it.
-        valid, bank, tag = self.a.valid, self.a.p.bank, self.a.p.tag
-        busy = [valid & (bank == b) for b in range(2)]
+        valid, bank, tag = taken, self.a.p.bank, self.a.p.tag
+        busy = [self.a.valid & (bank == b) for b in range(2)]
         for d in range(self.latency):
             valid_next = Signal(name=f"valid_{d + 1}")
             bank_next = Signal(name=f"bank_{d + 1}")

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from npu.rtl.systolic import DSP_PRODUCTS
+
 from .boards import BOARDS, BoardTop, board_config
 from .report import (
     parse_critical_paths,
@@ -103,6 +105,16 @@ def pe_dsp_count(board, config, pe_mult="auto"):
     return {"dsp": pes, "lut": 0}.get(choice, min(pes, _pe_dsp_budget(board, config)))
 
 
+def board_platform(board, config, pe_mult="auto"):
+    """The platform of ``board`` for ``config``. On the ECP5 a retimed array's PEs on DSPs
+    (:func:`pe_dsp_count`) are DSP instances whose output register is the product register
+    (see ``npu.rtl.systolic.DSP_PRODUCTS``); the others' products are inferred."""
+    platform = BOARDS[board].platform()
+    if BOARDS[board].family == "ecp5" and config.retime:
+        setattr(platform, DSP_PRODUCTS, pe_dsp_count(board, config, pe_mult))
+    return platform
+
+
 def _requant_dsps(config):
     if config.requant_sequential:
         return 0             # it shifts and adds
@@ -135,9 +147,8 @@ def _overrides(board, config, pe_mult, seed, place_only=False):
     else:
         booth += [f"top.system.npu.core*.execute.array.pe_{n // config.cols}_{n % config.cols}"
                   for n in range(on_dsp, config.rows * config.cols)]
-    # The DSPs are for the requantisers and PEs (see pe_mult_choice); the small products of
-    # the burst lengths go to LUTs (a DSP is slower, and scarce on the iCE40).
-    booth += ["top.system.npu.core[0-9].load.bursts", "top.system.npu.core[0-9].store.bursts"]
+    # The DSPs are for the requantisers and PEs (see pe_mult_choice); the burst generators'
+    # small products are shift-and-adds in the gateware already.
     if family == "ice40":
         # So does the dispatch check's last-row product unless a DSP per core is left over
         # (in LUTs it costs ~350 cells).
@@ -186,7 +197,7 @@ def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
     log(f"{stem}: {config.macs_per_cycle} MACs, {pe_dsp_count(board, config, pe_mult)} of "
         f"{config.rows * config.cols} PE multipliers per core on DSPs, "
         f"target {top.clock_hz / 1e6:g} MHz, memory {mem_bytes // 1024} KiB -> {build_dir}")
-    plan = spec.platform().build(top, name="top", do_build=False,
+    plan = board_platform(board, config, pe_mult).build(top, name="top", do_build=False,
                                  **_overrides(board, config, pe_mult, seed, place_only))
     plan.extract(str(build_dir))
     start = time.monotonic()

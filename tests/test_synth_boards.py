@@ -9,6 +9,7 @@ import pytest
 from npu.sim.amaranth_sim import run_simulation
 from npu.synth.boards import BOARDS, BoardTop, board_config, ecp5_pll_params
 from npu.synth.bridge import Command
+from npu.synth.build import board_platform
 
 
 @pytest.mark.parametrize("board", sorted(BOARDS))
@@ -29,6 +30,20 @@ def test_board_top_elaborates_to_a_build_plan(board):
         assert rtlil.count("SB_SPRAM256KA") == 2   # 64 KiB at 32 bits
         constraints = plan.files["top.pcf"]
     assert "uart_0__rx" in constraints and "uart_0__tx" in constraints
+
+
+@pytest.mark.parametrize("pe_mult, instances", [("dsp", 4), ("lut", 0)])
+def test_ecp5_pe_products_on_dsps_are_registered_inside_the_dsp(pe_mult, instances):
+    # The retimed ULX3S array: each PE product on a DSP is one MULT18X18D whose output
+    # register is the PE's product register; Booth-encoded PEs keep an inferred product.
+    config, mem_bytes = board_config("ulx3s-85f", cores=1, rows=2, cols=2)
+    assert config.retime
+    top = BoardTop("ulx3s-85f", config, mem_bytes=mem_bytes)
+    plan = board_platform("ulx3s-85f", config, pe_mult).build(top, name="top",
+                                                              do_build=False)
+    rtlil = plan.files["top.il"]
+    assert rtlil.count("cell \\MULT18X18D") == instances
+    assert rtlil.count('parameter \\REG_OUTPUT_CLK "CLK0"') == instances
 
 
 @pytest.mark.parametrize("f_out", [100e6, 125e6, 60e6])
