@@ -94,7 +94,8 @@ class NPUConfig:
         at ``2**counter_width`` (its register reads zeros above).
     retime : bool
         Extra register stages for FPGA clock rates: among them an 11-stage requantiser (not
-        5), the gathered activation vector registered before the array, each processing
+        5), the scratchpad line registered before the gather and the gathered vector
+        before the array, each processing
         element's product registered before the add (array latency ``R + C``), registered
         DMA burst lengths and a longer accumulator write-back (docs/architecture.md lists
         them all). The ECP5 builds set it (see ``npu.synth.boards``).

@@ -122,13 +122,23 @@ def _sub_blocks_used(indices, groups, rows):
 def _burst_len(m, config, addr, beats_left):
     """Beats of the next burst: what is left of the row, cut at the 4 KB boundary AXI forbids
     a burst to cross, and at 256 beats."""
+    # min(beats_left, to_boundary, 256) with the comparisons side by side, not in series:
+    # with the address q beats and r bytes into its 4 KB page, to_boundary is n - q - (r != 0)
+    # (n beats a page), so beats_left < to_boundary is beats_left + q + (r != 0) < n.
     shift = exact_log2(config.bus_bytes)
-    to_boundary = Signal(range(4096 // config.bus_bytes + 1))
-    m.d.comb += to_boundary.eq((4096 - addr[:12]) >> shift)
-    fit = Signal(range(4096 + 1))
-    m.d.comb += fit.eq(Mux(beats_left < to_boundary, beats_left, to_boundary))
+    n = 4096 >> shift
+    q, r = addr[shift:12], addr[:shift]
+    to_boundary = Signal(range(n + 1))
+    left_first = Signal()
+    m.d.comb += [
+        to_boundary.eq(n - q - (r != 0)),
+        left_first.eq(beats_left + q + (r != 0) < n),
+    ]
     beats = Signal(range(257))
-    m.d.comb += beats.eq(Mux(fit > 256, 256, fit))
+    with m.If(left_first):
+        m.d.comb += beats.eq(Mux(beats_left > 256, 256, beats_left))
+    with m.Else():
+        m.d.comb += beats.eq(Mux(to_boundary > 256, 256, to_boundary))
     return beats
 
 
@@ -169,6 +179,12 @@ class _BurstGenerator(wiring.Component):
         stride = Signal(min(24, aw))
         start = {name: getattr(self, name)
                  for name in ("start", "addr0", "stride", "rows", "beats_per_row")}
+        # The beats of a contiguous transfer (used only then). A shift-and-add: the row's beat
+        # count is a few bits, and a DSP's multiplier would be slower than these adds.
+        start["total"] = Signal(range(self._max_total + 1))
+        m.d.comb += start["total"].eq(_tree_sum(
+            [Mux(self.beats_per_row[k], self.rows << k, 0)
+             for k in range(len(self.beats_per_row))]))
         if self._config.retime:
             # The transfer is taken a cycle after `start` (busy meanwhile), so that the
             # instruction decode and the set-up below are not one path.
@@ -199,7 +215,7 @@ class _BurstGenerator(wiring.Component):
             self.len.eq(beats - 1),
         ]
         with m.If(start["start"] & contiguous & (start["rows"] != 0)):
-            total = start["rows"] * start["beats_per_row"]
+            total = start["total"]
             m.d.sync += [
                 rows_left.eq(1), beats_left.eq(total),
                 row_addr.eq(start["addr0"]), addr.eq(start["addr0"]),
@@ -560,8 +576,8 @@ class ExecuteUnit(wiring.Component):
 
     Retimed with a lookahead of one line (``late_skip``), the issue stage reads every line
     and the line's flags with it (``zf_data`` then comes the cycle after ``zf_addr``, from a
-    synchronous read: block RAM on an FPGA); the read stage drops a skipped line instead of
-    passing it on. A line costs a cycle either way, as with the lookahead of one.
+    synchronous read: block RAM on an FPGA); the stage after the read drops a skipped line
+    instead of passing it on. A line costs a cycle either way, as with the lookahead of one.
     """
 
     def __init__(self, config):
@@ -624,7 +640,8 @@ class ExecuteUnit(wiring.Component):
         w_taken = Signal()
         w_adv = Signal()
         bank_free = Signal()
-        # Banks a read-stage vector uses before the array sees it (retimed: the gather stage).
+        # Banks that vectors in the read stage (retimed: and in the line stage) use before the
+        # array sees them.
         pre_array = Signal(2)
         busy = Signal(2)
         if cfg.retime:
@@ -653,21 +670,31 @@ class ExecuteUnit(wiring.Component):
             m.d.sync += [w_s1.eq(w_left != 0), w_s1_row.eq(w_row)]
             with m.If(w_left != 0):
                 m.d.sync += [w_left.eq(w_left - 1), w_addr.eq(w_addr + 1), w_row.eq(w_row + 1)]
+        # Zero weights per row, for the gated-MAC count. Retimed, counted from the row as
+        # registered a cycle after it is taken (not from the RAM's output): the first vector
+        # that uses the bank is counted three cycles after its MATMUL starts at the earliest.
+        zw_line, zw_taken, zw_bank, zw_row = self.sp_w.data, w_taken, w_bank, w_s1_row
+        if cfg.retime:
+            zw_line, zw_taken = Signal.like(self.sp_w.data), Signal()
+            zw_bank, zw_row = Signal(), Signal.like(w_s1_row)
+            m.d.sync += [zw_line.eq(self.sp_w.data), zw_taken.eq(w_taken), zw_bank.eq(w_bank),
+                         zw_row.eq(w_s1_row)]
         zeros_in_row = Signal(range(C + 1))
-        m.d.comb += zeros_in_row.eq(_tree_sum([self.sp_w.data[j] == 0 for j in range(C)]))
+        m.d.comb += zeros_in_row.eq(_tree_sum([zw_line[j] == 0 for j in range(C)]))
         for b in range(2):
-            with m.If(w_taken & (w_bank == b)):
-                with m.If(w_s1_row < R):
-                    with m.Switch(w_s1_row):
-                        for i in range(R):
-                            with m.Case(i):
-                                m.d.sync += wzero[b][i].eq(zeros_in_row)
-                with m.Else():
-                    if not cfg.retime:
-                        m.d.sync += used[b].eq(_sub_blocks_used(
-                            [self.sp_w.data[i] for i in range(R)], G, R))
+            with m.If(zw_taken & (zw_bank == b) & (zw_row < R)):
+                with m.Switch(zw_row):
                     for i in range(R):
-                        m.d.sync += gather[b][i].eq(self.sp_w.data[i])
+                        with m.Case(i):
+                            m.d.sync += wzero[b][i].eq(zeros_in_row)
+        # The metadata line (after the R weight rows): the tile's gather indices.
+        for b in range(2):
+            with m.If(w_taken & (w_bank == b) & (w_s1_row == R)):
+                if not cfg.retime:
+                    m.d.sync += used[b].eq(_sub_blocks_used(
+                        [self.sp_w.data[i] for i in range(R)], G, R))
+                for i in range(R):
+                    m.d.sync += gather[b][i].eq(self.sp_w.data[i])
         if cfg.retime:
             # The sub-blocks a tile uses, from its registered gather indices a cycle after they
             # are written (not from the RAM's output): a MATMUL's first skip decision comes
@@ -709,8 +736,6 @@ class ExecuteUnit(wiring.Component):
             a_adv.eq(~s1 | s1_taken),
             to_array.eq(array.a.valid & array.a.ready),
         ]
-        if cfg.retime:
-            m.d.comb += pre_array.eq(Mux(s1, 1 << s1_bank, 0))
 
         keep = Signal(W)          # candidate j must be issued
         for j in range(W):
@@ -735,17 +760,10 @@ class ExecuteUnit(wiring.Component):
             self.sp_a.en.eq(a_adv),
             self.sp_a.addr.eq(a_addr + pick),
         ]
-        # With late_skip, the read stage drops a line whose gathered sub-blocks its flags
-        # (read with it) show all zero, unless it is the last of a MATMUL that pushes.
-        s1_skip = Signal()
+        s1_used = Signal(G)       # with late_skip: the sub-blocks the line's tile uses
         if self.late_skip:
-            s1_used = Signal(G)
             with m.If(active):
                 m.d.sync += s1_used.eq(a_used)
-            m.d.comb += s1_skip.eq(Const(cfg.zero_skip, 1) & s1 & s1_tag.accumulate
-                                   & ((self.zf_data[0] & s1_used) == s1_used)
-                                   & ~s1_tag.push_next & ~s1_push_prev)
-            m.d.sync += self.skipped.eq(s1_skip)
         else:
             stage_if(m, cfg.retime, self.skipped, Mux(active, step - found, 0))
         with m.If(a_adv):
@@ -771,19 +789,44 @@ class ExecuteUnit(wiring.Component):
             ]
 
         # Read stage: gather the lanes from the line, offer the vector to the array.
-        line = self.sp_a.data
+        # Retimed, the line as read and the read stage's context are registered first (stage
+        # r): the block RAM's clock-to-output is not on the gather's path.
+        rd_valid, rd_bank, rd_tag, rd_push_prev = s1, s1_bank, s1_tag, s1_push_prev
+        rd_gather, rd_used, line = s1_gather, s1_used, self.sp_a.data
+        rd_flags = self.zf_data[0]
+        if cfg.retime:
+            rd_valid, rd_bank, rd_tag = Signal(), Signal(), Signal(AccTag(cfg))
+            rd_push_prev, rd_used, rd_flags = Signal(), Signal(G), Signal(G)
+            rd_gather = [Signal(8, name=f"rd_gather{i}") for i in range(R)]
+            line = Signal.like(self.sp_a.data)
+            m.d.sync += [
+                rd_valid.eq(s1), rd_bank.eq(s1_bank), rd_tag.eq(s1_tag),
+                rd_push_prev.eq(s1_push_prev), rd_used.eq(s1_used),
+                rd_flags.eq(self.zf_data[0]), line.eq(self.sp_a.data),
+                *[rd_gather[i].eq(s1_gather[i]) for i in range(R)],
+            ]
+            # Banks the read and line stages use before the array sees them.
+            m.d.comb += pre_array.eq(Mux(s1, 1 << s1_bank, 0) | Mux(rd_valid, 1 << rd_bank, 0))
+        # With late_skip, the line stage drops a line whose gathered sub-blocks its flags
+        # (read with it) show all zero, unless it is the last of a MATMUL that pushes.
+        rd_skip = Signal()
+        if self.late_skip:
+            m.d.comb += rd_skip.eq(Const(cfg.zero_skip, 1) & rd_valid & rd_tag.accumulate
+                                   & ((rd_flags & rd_used) == rd_used)
+                                   & ~rd_tag.push_next & ~rd_push_prev)
+            m.d.sync += self.skipped.eq(rd_skip)
         lanes = []
         for i in range(R):
             lane = Signal(signed(8), name=f"lane{i}")
-            with m.Switch(s1_gather[i]):
+            with m.Switch(rd_gather[i]):
                 for b in range(min(GR, L)):
                     with m.Case(b):
                         m.d.comb += lane.eq(line[b])
             lanes.append(lane)
         if cfg.retime:
             m.d.sync += [
-                s2.eq(s1 & ~s1_skip), s2_bank.eq(s1_bank), s2_tag.eq(s1_tag),
-                s2_push_prev.eq(s1 & s1_push_prev),
+                s2.eq(rd_valid & ~rd_skip), s2_bank.eq(rd_bank), s2_tag.eq(rd_tag),
+                s2_push_prev.eq(rd_valid & rd_push_prev),
                 s2_lanes.eq(Cat(lanes)),
             ]
             offered = {"valid": s2, "bank": s2_bank, "tag": s2_tag, "push_prev": s2_push_prev,
@@ -810,7 +853,7 @@ class ExecuteUnit(wiring.Component):
         else:
             m.d.comb += self.gated.eq(_tree_sum(terms))
         a_busy = Signal()
-        m.d.comb += a_busy.eq((a_left != 0) | s1 | s2)
+        m.d.comb += a_busy.eq((a_left != 0) | s1 | rd_valid | s2)
 
         # Write-back: read the row at the array's output, add, write one cycle later.
         # Retimed, the row read is registered first and the add made a cycle later (the
@@ -844,13 +887,13 @@ class ExecuteUnit(wiring.Component):
                 wr_push_next.eq(wb_push_next), wr_data.eq(wb_data),
                 wr_row.eq(self.acc_rd.data),
             ]
-            # The write of the cycle before.
-            last_valid = Signal()
-            last_addr = Signal.like(wb_addr)
+            # The write of the cycle before, and whether it wrote the row being added to
+            # (compared a cycle ahead, from the registers that become the write's and the
+            # next write's addresses).
+            forward = Signal()
             last_row = Signal.like(wb_data)
-            m.d.sync += [last_valid.eq(self.acc_wr.en), last_addr.eq(self.acc_wr.addr),
+            m.d.sync += [forward.eq(wr_valid & (wr_addr == wb_addr)),
                          last_row.eq(self.acc_wr.data)]
-            forward = last_valid & (last_addr == wr_addr)
             row = [Mux(forward, last_row[j], wr_row[j]) for j in range(C)]
             write = {"valid": wr_valid, "addr": wr_addr, "accumulate": wr_accumulate,
                      "push_next": wr_push_next, "data": wr_data}
@@ -985,10 +1028,20 @@ class StoreUnit(wiring.Component):
         in_flight = Signal(range(self.row_queue + 1))
         outstanding_b = Signal(16)
 
-        # Accumulator read stage.
+        # Accumulator read stage. Retimed, the row read is registered before the
+        # requantiser or the row queue, so the block RAM's clock-to-output and the bias add
+        # are not one path; the row credits leave room for it, so neither stage stalls.
         s1 = Signal()
         s1_taken = Signal()
-        m.d.comb += s1_taken.eq(s1 & Mux(st.raw, rowq.w_rdy, rq.i.ready))
+        if cfg.retime:
+            m.d.comb += s1_taken.eq(s1)
+        else:
+            m.d.comb += s1_taken.eq(s1 & Mux(st.raw, rowq.w_rdy, rq.i.ready))
+        # The row offered to the requantiser or (raw) the row queue.
+        offer, row = s1, self.acc_rd.data
+        if cfg.retime:
+            offer, row = Signal(), Signal.like(self.acc_rd.data)
+            m.d.sync += [offer.eq(s1), row.eq(self.acc_rd.data)]
         adv = Signal()
         m.d.comb += adv.eq(~s1 | s1_taken)
         issue = Signal()
@@ -1007,7 +1060,7 @@ class StoreUnit(wiring.Component):
         layout = ParamLayout(C)
         prm = data.View(layout, self.params_rd.data.as_value()[:layout.size])
         m.d.comb += [
-            rq.i.valid.eq(s1 & ~st.raw),
+            rq.i.valid.eq(offer & ~st.raw),
             rq.i.p.zero_point.eq(prm.zero_point),
             rq.i.p.act_min.eq(prm.act_min),
             rq.i.p.act_max.eq(prm.act_max),
@@ -1015,14 +1068,13 @@ class StoreUnit(wiring.Component):
         ]
         for j in range(C):
             m.d.comb += [
-                rq.i.p.acc[j].eq(self.acc_rd.data[j]),
+                rq.i.p.acc[j].eq(row[j]),
                 rq.i.p.bias[j].eq(prm.bias[j]),
                 rq.i.p.multiplier[j].eq(prm.multiplier[j]),
                 rq.i.p.shift[j].eq(prm.shift[j]),
             ]
         with m.If(st.raw):
-            m.d.comb += [rowq.w_en.eq(s1_taken),
-                         rowq.w_data.eq(self.acc_rd.data.as_value())]
+            m.d.comb += [rowq.w_en.eq(offer), rowq.w_data.eq(row.as_value())]
         with m.Else():
             m.d.comb += [rowq.w_en.eq(rq.o.valid), rowq.w_data.eq(rq.o.p.as_value())]
         m.d.sync += in_flight.eq(in_flight + issue - (rowq.w_en & rowq.w_rdy))
