@@ -8,7 +8,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2, exact_log2
+from amaranth.utils import exact_log2
 
 from .bus import BURST_INCR, AXI4Signature
 from .config import NPUConfig
@@ -400,7 +400,7 @@ class NPUCore(wiring.Component):
 class _Checker:
     """The dispatch-time checks of one instruction (see ErrorCode and isa.FIELD_LIMITS).
 
-    The last row's offset (a multiply) is registered as the instruction is fetched
+    The rows x stride product is registered as the instruction is fetched
     (``fetch()``); the extents and the field, opcode and alignment checks in DECODE
     (``register()``); the window comparisons and the verdict in CHECK, from those registers.
     """
@@ -440,9 +440,10 @@ class _Checker:
         def beats_bytes(nbytes):
             return ((nbytes + (B - 1)) >> low) << low
 
-        # Offset of the last row, one product for LOAD and STORE. Only used once the fields
-        # passed, when rows - 1 < max(scratchpad lines, accumulator rows): no wider factor.
-        rows_m1, stride = self._rows_m1_stride(ins, cfg)
+        # Offset of the last row, (rows - 1) x stride for LOAD and STORE, as rows x stride
+        # minus stride (no subtraction before the multiplier). Only used once the fields
+        # passed, when rows <= max(scratchpad lines, accumulator rows): no wider factor.
+        rows, stride = self._rows_stride(ins, cfg)
         strided = Signal()       # LOAD and STORE: rows `stride` apart
         # The window lies below 2**window_bits: an address bit, or a stride bit with a second
         # row, at or above `window_bits` puts the transfer outside it; the arithmetic needs
@@ -451,13 +452,14 @@ class _Checker:
         sw = min(len(stride), aw)
         far = Signal()
         m.d.comb += far.eq((first[aw:] != 0 if aw < 32 else 0)
-                           | ((stride[sw:] != 0) & (rows_m1 != 0) & strided
+                           | ((stride[sw:] != 0) & (rows[1:] != 0) & strided
                               if sw < len(stride) else 0))
         # The product is taken from the fetched instruction and registered with it (see
         # `fetch`), so that the multiplier and the adds below are not one path.
-        self._span = Signal(len(rows_m1) + sw)
+        self._span = Signal(len(rows) + sw)
         self._sw = sw
-        last_row = first[:aw] + Mux(strided, self._span, 0)    # address of the last row
+        offset = (self._span - stride[:sw])[:len(self._span)]
+        last_row = first[:aw] + Mux(strided, offset, 0)    # address of the last row
 
         with m.Switch(ins.op):
             with m.Case(Opcode.LOAD):
@@ -520,17 +522,17 @@ class _Checker:
                                                    & (self._end <= win_limit)))
 
     @staticmethod
-    def _rows_m1_stride(ins, cfg):
+    def _rows_stride(ins, cfg):
         is_store = ins.op == Opcode.STORE
-        rows_m1 = Mux(is_store, ins.body.store.rows, ins.body.load.rows) - 1
+        rows = Mux(is_store, ins.body.store.rows, ins.body.load.rows)
         stride = Mux(is_store, ins.body.store.stride, ins.body.load.stride)
-        return rows_m1[:ceil_log2(max(cfg.sp_lines, cfg.acc_rows))], stride
+        return rows[:min(len(rows), max(cfg.sp_lines, cfg.acc_rows).bit_length())], stride
 
     def fetch(self, instr, cfg):
         """Statements that register the last-row offset of ``instr`` (an :class:`Instruction`
         value), the instruction that ``ins`` is loaded with in the same cycle."""
-        rows_m1, stride = self._rows_m1_stride(instr, cfg)
-        return self._span.eq(rows_m1 * stride[:self._sw])
+        rows, stride = self._rows_stride(instr, cfg)
+        return self._span.eq(rows * stride[:self._sw])
 
     def register(self):
         return [self._end.eq(self._end_next), self._first_r.eq(self._first),

@@ -3,11 +3,13 @@
 An ``amaranth.lib.memory.Memory`` (block RAM), or on the iCE40UP5K the single-port SPRAM
 blocks, instantiated directly (Yosys does not infer them for a zero-initialised memory). Reads
 and writes share one RAM address, so either kind works; bursts are served one at a time, reads
-and writes taking turns, each at one beat per cycle.
+and writes taking turns, each at one beat per cycle. Pipelined, the RAM is banks of 4 KB
+whose outputs are registered before they are selected, and reads go through a short queue.
 """
 
 from amaranth import Cat, ClockSignal, Instance, Module, Mux, Signal
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory, MemoryData
 from amaranth.lib.wiring import In
 from amaranth.utils import exact_log2
@@ -35,6 +37,12 @@ class AXI4OnChipMemory(wiring.Component):
     spram : bool
         Build the RAM from iCE40UP5K ``SB_SPRAM256KA`` blocks (16K x 16 bits each, at most
         four) when elaborated for a platform; the simulator always uses the ``Memory``.
+    pipelined : bool
+        For FPGA clock rates: the RAM is banks of ``BANK_BYTES``, each bank's read registered
+        before the banks are selected (block RAM's clock-to-output and the route to the
+        selection are separate cycles), and the address comes straight from a register. A read
+        burst's first beat is valid four cycles after its AR handshake (not one); beats queue
+        in ``READ_QUEUE`` entries, so ``rready`` low never loses one. Not with ``spram``.
 
     Ports
     -----
@@ -42,14 +50,17 @@ class AXI4OnChipMemory(wiring.Component):
 
     Attributes
     ----------
-    data : MemoryData
-        The contents, one bus beat per row (for tests to peek).
+    data : list of MemoryData
+        The contents, one bus beat per row (for tests to peek): one bank, or the pipelined
+        banks in address order.
     """
 
     #: SPRAM geometry: depth and width of one SB_SPRAM256KA, and how many a UP5K has.
     SPRAM_DEPTH, SPRAM_WIDTH, SPRAM_COUNT = 16384, 16, 4
+    #: Pipelined: bytes per bank (a few block RAMs deep), and read beats queued.
+    BANK_BYTES, READ_QUEUE = 4096, 4
 
-    def __init__(self, signature, *, size, init=(), spram=False):
+    def __init__(self, signature, *, size, init=(), spram=False, pipelined=False):
         if not isinstance(signature, AXI4Signature):
             raise TypeError(f"signature must be an AXI4Signature, not {signature!r}")
         bus_bytes = signature.data_width // 8
@@ -66,7 +77,14 @@ class AXI4OnChipMemory(wiring.Component):
         init = bytes(init)
         words = [int.from_bytes(init[i:i + bus_bytes], "little")
                  for i in range(0, len(init), bus_bytes)]
-        self.data = MemoryData(shape=signature.data_width, depth=size // bus_bytes, init=words)
+        if spram and pipelined:
+            raise ValueError("A pipelined memory is block RAM, not SPRAM")
+        self.pipelined = bool(pipelined)
+        depth = size // bus_bytes
+        bank_depth = min(depth, self.BANK_BYTES // bus_bytes) if pipelined else depth
+        self.data = [MemoryData(shape=signature.data_width, depth=bank_depth,
+                                init=words[b:b + bank_depth])
+                     for b in range(0, depth, bank_depth)]
         self.spram = bool(spram)
         if self.spram:
             blocks = (signature.data_width // self.SPRAM_WIDTH) \
@@ -91,8 +109,10 @@ class AXI4OnChipMemory(wiring.Component):
         ram_rdata = Signal(bus.signature.data_width)
         if self.spram and platform is not None:
             self._elaborate_spram(m, ram_addr, bus.wdata, ram_we, ram_rdata)
+        elif self.pipelined:
+            ram_rdata = self._elaborate_banks(m, ram_addr, bus.wdata, ram_we)
         else:
-            m.submodules.memory = mem = Memory(data=self.data)
+            m.submodules.memory = mem = Memory(data=self.data[0])
             rd = mem.read_port()
             wr = mem.write_port(granularity=8)
             m.d.comb += [rd.addr.eq(ram_addr), wr.addr.eq(ram_addr), wr.data.eq(bus.wdata),
@@ -105,18 +125,23 @@ class AXI4OnChipMemory(wiring.Component):
         beats = Signal(8)               # beats left after the current one
         ident = Signal.like(bus.arid)
         r_ok = Signal()
-        m.d.comb += [
-            bus.rid.eq(ident), bus.bid.eq(ident),
-            bus.rlast.eq(beats == 0),
-            bus.rresp.eq(Mux(r_ok, RESP_OKAY, RESP_SLVERR)),
-            bus.rdata.eq(Mux(r_ok, ram_rdata, 0)),
-        ]
+        m.d.comb += bus.bid.eq(ident)
+        if self.pipelined:
+            read = self._read_pipeline(m, ram_rdata, ident)
+        else:
+            m.d.comb += [
+                bus.rid.eq(ident),
+                bus.rlast.eq(beats == 0),
+                bus.rresp.eq(Mux(r_ok, RESP_OKAY, RESP_SLVERR)),
+                bus.rdata.eq(Mux(r_ok, ram_rdata, 0)),
+            ]
 
         b_err = Signal()
         prefer_write = Signal()
         with m.FSM(name="axi_mem"):
             with m.State("IDLE"):
-                m.d.comb += ram_addr.eq(bus.araddr[shift:])
+                if not self.pipelined:
+                    m.d.comb += ram_addr.eq(bus.araddr[shift:])
                 # Alternate when both are waiting, so neither direction starves the other.
                 take_write = bus.awvalid & (prefer_write | ~bus.arvalid)
                 with m.If(take_write):
@@ -131,11 +156,19 @@ class AXI4OnChipMemory(wiring.Component):
                                  prefer_write.eq(1)]
                     m.next = "READ"
             with m.State("READ"):
-                m.d.comb += bus.rvalid.eq(1)
-                # Read the next beat once this one is taken, else this one again (so the RAM
-                # needs no read enable).
-                m.d.comb += ram_addr.eq(Mux(bus.rready, word + 1, word))
-                with m.If(bus.rready):
+                if self.pipelined:
+                    # Read a beat whenever the queue has room for it; it arrives two cycles
+                    # later.
+                    m.d.comb += [ram_addr.eq(word), read["issue"].eq(read["room"]),
+                                 read["ok"].eq(inside(word)), read["last"].eq(beats == 0)]
+                    taken = read["room"]
+                else:
+                    m.d.comb += bus.rvalid.eq(1)
+                    # Read the next beat once this one is taken, else this one again (so the
+                    # RAM needs no read enable).
+                    m.d.comb += ram_addr.eq(Mux(bus.rready, word + 1, word))
+                    taken = bus.rready
+                with m.If(taken):
                     m.d.sync += [word.eq(word + 1), beats.eq(beats - 1),
                                  r_ok.eq(inside(word + 1))]
                     with m.If(beats == 0):
@@ -155,6 +188,59 @@ class AXI4OnChipMemory(wiring.Component):
                 with m.If(bus.bready):
                     m.next = "IDLE"
         return m
+
+    def _elaborate_banks(self, m, addr, wdata, we):
+        """The pipelined RAM: each bank read at ``addr``, its output registered, the bank
+        selected a cycle later. Returns the data read at the address of two cycles before."""
+        depth = self.data[0].depth
+        low = exact_log2(depth)
+        bank = addr[low:low + max(0, exact_log2(len(self.data)))]
+        bank_r, bank_rr = Signal.like(bank), Signal.like(bank)
+        m.d.sync += [bank_r.eq(bank), bank_rr.eq(bank_r)]
+        outs = []
+        for b, contents in enumerate(self.data):
+            m.submodules[f"bank{b}"] = mem = Memory(data=contents)
+            rd = mem.read_port()
+            wr = mem.write_port(granularity=8)
+            selected = (bank == b) if len(self.data) > 1 else 1
+            out = Signal(len(wdata), name=f"bank{b}_out")
+            m.d.comb += [rd.addr.eq(addr[:low]), wr.addr.eq(addr[:low]), wr.data.eq(wdata),
+                         wr.en.eq(Mux(selected, we, 0))]
+            m.d.sync += out.eq(rd.data)
+            outs.append(out)
+        rdata = Signal(len(wdata))
+        m.d.comb += rdata.eq(Cat(*outs).word_select(bank_rr, len(wdata)) if len(outs) > 1
+                             else outs[0])
+        return rdata
+
+    def _read_pipeline(self, m, rdata, ident):
+        """Read beats in flight (two cycles) and queued for the R channel. Returns the signals
+        the READ state drives: ``issue`` a read of the RAM address this cycle, its ``ok`` and
+        ``last``; and ``room``, set while the queue can take another beat."""
+        bus = self.bus
+        entry = data.StructLayout({"data": len(rdata), "id": len(ident), "ok": 1, "last": 1})
+        m.submodules.read_queue = queue = SyncFIFO(width=entry.size, depth=self.READ_QUEUE)
+        read = {"issue": Signal(), "ok": Signal(), "last": Signal(), "room": Signal()}
+        # Two stages: the RAM read, the bank registers.
+        stages = [Signal(data.StructLayout({"valid": 1, "id": len(ident), "ok": 1, "last": 1}),
+                         name=f"read_stage{i}") for i in range(2)]
+        m.d.sync += [
+            stages[0].valid.eq(read["issue"]), stages[0].id.eq(ident),
+            stages[0].ok.eq(read["ok"]), stages[0].last.eq(read["last"]),
+            stages[1].eq(stages[0]),
+        ]
+        head = data.View(entry, queue.r_data)
+        m.d.comb += [
+            read["room"].eq(stages[0].valid + stages[1].valid + queue.level < self.READ_QUEUE),
+            queue.w_en.eq(stages[1].valid),
+            queue.w_data.eq(Cat(Mux(stages[1].ok, rdata, 0), stages[1].id, stages[1].ok,
+                                stages[1].last)),
+            bus.rvalid.eq(queue.r_rdy),
+            bus.rdata.eq(head.data), bus.rid.eq(head.id), bus.rlast.eq(head.last),
+            bus.rresp.eq(Mux(head.ok, RESP_OKAY, RESP_SLVERR)),
+            queue.r_en.eq(bus.rready),
+        ]
+        return read
 
     def _elaborate_spram(self, m, addr, wdata, we, rdata):
         per_bank = len(wdata) // self.SPRAM_WIDTH

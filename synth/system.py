@@ -25,7 +25,8 @@ class NPUSystem(wiring.Component):
 
     The NPU and the bridge are the two managers of an ``AXI4Arbiter`` in front of an
     :class:`AXI4OnChipMemory`; the bridge also owns the NPU's register bus. With
-    ``config.retime`` each of the three links goes through an ``AXI4RegisterSlice``.
+    ``config.retime`` each of the three links goes through an ``AXI4RegisterSlice`` and the
+    memory is pipelined.
 
     Parameters
     ----------
@@ -68,7 +69,8 @@ class NPUSystem(wiring.Component):
         down = AXI4Signature(addr_width=config.addr_width, data_width=config.bus_width,
                              id_width=self.arbiter.out_id_width)
         self.memory_slice = AXI4RegisterSlice(down) if config.retime else None
-        self.memory = AXI4OnChipMemory(down, size=mem_bytes, spram=spram)
+        self.memory = AXI4OnChipMemory(down, size=mem_bytes, spram=spram,
+                                       pipelined=config.retime and not spram)
         self.bridge = HostBridge(csr_addr_width=ControlRegisters.ADDR_WIDTH,
                                  mem_signature=up, mem_bytes=mem_bytes, timeout=timeout)
         self.mem_bytes = mem_bytes
