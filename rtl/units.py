@@ -1028,18 +1028,20 @@ class StoreUnit(wiring.Component):
         in_flight = Signal(range(self.row_queue + 1))
         outstanding_b = Signal(16)
 
-        # Accumulator read stage. Retimed, the row read is registered before the
-        # requantiser or the row queue, so the block RAM's clock-to-output and the bias add
-        # are not one path; the row credits leave room for it, so neither stage stalls.
+        # Accumulator read stage. Retimed (with a requantiser that never stalls), the row
+        # read is registered before the requantiser or the row queue, so the block RAM's
+        # clock-to-output and the bias add are not one path; the row credits leave room for
+        # it, so neither stage stalls.
+        registered = cfg.retime and not cfg.requant_sequential
         s1 = Signal()
         s1_taken = Signal()
-        if cfg.retime:
+        if registered:
             m.d.comb += s1_taken.eq(s1)
         else:
             m.d.comb += s1_taken.eq(s1 & Mux(st.raw, rowq.w_rdy, rq.i.ready))
         # The row offered to the requantiser or (raw) the row queue.
         offer, row = s1, self.acc_rd.data
-        if cfg.retime:
+        if registered:
             offer, row = Signal(), Signal.like(self.acc_rd.data)
             m.d.sync += [offer.eq(s1), row.eq(self.acc_rd.data)]
         adv = Signal()
