@@ -150,8 +150,8 @@ def _overrides(board, config, pe_mult, seed, place_only=False):
     # The DSPs are for the requantisers and PEs (see pe_mult_choice); the burst generators'
     # small products are shift-and-adds in the gateware already.
     if family == "ice40":
-        # So does the dispatch check's last-row product unless a DSP per core is left over
-        # (in LUTs it costs ~350 cells).
+        # The dispatch check's rows x stride product goes to LUTs too unless a DSP per core
+        # is left over (in LUTs it costs ~350 cells).
         used = _requant_dsps(config) + on_dsp * config.cores
         if BOARDS[board].dsp_count - used < config.cores:
             booth += ["top.system.npu.core[0-9]"]
@@ -197,8 +197,8 @@ def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
     log(f"{stem}: {config.macs_per_cycle} MACs, {pe_dsp_count(board, config, pe_mult)} of "
         f"{config.rows * config.cols} PE multipliers per core on DSPs, "
         f"target {top.clock_hz / 1e6:g} MHz, memory {mem_bytes // 1024} KiB -> {build_dir}")
-    plan = board_platform(board, config, pe_mult).build(top, name="top", do_build=False,
-                                 **_overrides(board, config, pe_mult, seed, place_only))
+    plan = board_platform(board, config, pe_mult).build(
+        top, name="top", do_build=False, **_overrides(board, config, pe_mult, seed, place_only))
     plan.extract(str(build_dir))
     start = time.monotonic()
     with open(build_dir / "build.log", "w") as out:
