@@ -21,6 +21,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .config import NPUConfig
+from .stage import staged
 
 __all__ = ["DSP_PRODUCTS", "ProcessingElement", "SystolicArray"]
 
@@ -203,23 +204,16 @@ class SystolicArray(wiring.Component):
         # A weight row taken is written into its PEs; retimed, a cycle later from registers
         # (the row comes from block RAM and fans out to a whole row of PEs). Either way a
         # vector taken after the row is multiplied with it.
-        w_we = Signal(R)
-        w_bank = Signal()
-        w_data = Signal.like(self.w.p.data)
-        write = [
-            w_we.eq(Cat(self.w.valid & self.w.ready & (self.w.p.row == i) for i in range(R))),
-            w_bank.eq(self.w.p.bank),
-            w_data.eq(self.w.p.data),
-        ]
+        write = staged(m, self.config.retime, "w",
+                       we=Cat(self.w.valid & self.w.ready & (self.w.p.row == i) for i in range(R)),
+                       bank=self.w.p.bank, data=self.w.p.data)
+        w_we, w_bank, w_data = write["we"], write["bank"], write["data"]
         if self.config.retime:
-            m.d.sync += write
             # Not ready for a vector whose bank is being written from the registers: PE(0, 0)
             # would multiply it with the old weight. (The core offers a tile's first vector
             # cycles after its last row, so it never sees this.)
             with m.If((w_we != 0) & (w_bank == self.a.p.bank)):
                 m.d.comb += self.a.ready.eq(0)
-        else:
-            m.d.comb += write
         for i in range(R):
             for j in range(C):
                 m.submodules[f"pe_{i}_{j}"] = pes[i][j]

@@ -16,6 +16,7 @@ from amaranth.utils import ceil_log2, exact_log2
 from .config import NPUConfig
 from .isa import INSTR_BITS, INSTR_BYTES, Instruction, Opcode, param_slot_bytes
 from .requant import Requantiser, SequentialRequantiser, SerialRequantiser
+from .stage import stage_if, staged
 from .systolic import SystolicArray
 
 __all__ = ["FetchFault", "FetchUnit", "LoadUnit", "ExecuteUnit", "StoreUnit",
@@ -95,13 +96,6 @@ class WriteManagerSignature(wiring.Signature):
 def _check_config(config):
     if not isinstance(config, NPUConfig):
         raise TypeError(f"config must be an NPUConfig, not {config!r}")
-
-
-def stage_if(m, registered, target, value):
-    """Drive ``target`` with ``value``: registered (a cycle late) if ``registered``, else
-    combinationally. For the optional register stages of ``config.retime``."""
-    domain = m.d.sync if registered else m.d.comb
-    domain += target.eq(value)
 
 
 def _tree_sum(values):
@@ -673,17 +667,13 @@ class ExecuteUnit(wiring.Component):
         # Zero weights per row, for the gated-MAC count. Retimed, counted from the row as
         # registered a cycle after it is taken (not from the RAM's output): the first vector
         # that uses the bank is counted three cycles after its MATMUL starts at the earliest.
-        zw_line, zw_taken, zw_bank, zw_row = self.sp_w.data, w_taken, w_bank, w_s1_row
-        if cfg.retime:
-            zw_line, zw_taken = Signal.like(self.sp_w.data), Signal()
-            zw_bank, zw_row = Signal(), Signal.like(w_s1_row)
-            m.d.sync += [zw_line.eq(self.sp_w.data), zw_taken.eq(w_taken), zw_bank.eq(w_bank),
-                         zw_row.eq(w_s1_row)]
+        zw = staged(m, cfg.retime, "zw", line=self.sp_w.data, taken=w_taken, bank=w_bank,
+                    row=w_s1_row)
         zeros_in_row = Signal(range(C + 1))
-        m.d.comb += zeros_in_row.eq(_tree_sum([zw_line[j] == 0 for j in range(C)]))
+        m.d.comb += zeros_in_row.eq(_tree_sum([zw["line"][j] == 0 for j in range(C)]))
         for b in range(2):
-            with m.If(zw_taken & (zw_bank == b) & (zw_row < R)):
-                with m.Switch(zw_row):
+            with m.If(zw["taken"] & (zw["bank"] == b) & (zw["row"] < R)):
+                with m.Switch(zw["row"]):
                     for i in range(R):
                         with m.Case(i):
                             m.d.sync += wzero[b][i].eq(zeros_in_row)
@@ -723,13 +713,6 @@ class ExecuteUnit(wiring.Component):
         s1_push_prev = Signal()
         s1_taken = Signal()
         a_adv = Signal()
-        # Retimed, the gathered vector is registered (stage s2) before the array; the array
-        # never stalls its input (its output is always taken), so s2 always advances.
-        s2 = Signal()
-        s2_bank = Signal()
-        s2_tag = Signal(AccTag(cfg))
-        s2_push_prev = Signal()
-        s2_lanes = Signal(data.ArrayLayout(signed(8), R))
         to_array = Signal()       # the vector offered to the array is taken
         m.d.comb += [
             s1_taken.eq(s1 & (1 if cfg.retime else array.a.ready)),
@@ -760,8 +743,10 @@ class ExecuteUnit(wiring.Component):
             self.sp_a.en.eq(a_adv),
             self.sp_a.addr.eq(a_addr + pick),
         ]
-        s1_used = Signal(G)       # with late_skip: the sub-blocks the line's tile uses
+        late = {}                 # with late_skip: what the line stage's skip decision reads
         if self.late_skip:
+            s1_used = Signal(G)   # the sub-blocks the line's tile uses
+            late = {"used": s1_used, "flags": self.zf_data[0]}
             with m.If(active):
                 m.d.sync += s1_used.eq(a_used)
         else:
@@ -790,50 +775,34 @@ class ExecuteUnit(wiring.Component):
 
         # Read stage: gather the lanes from the line, offer the vector to the array.
         # Retimed, the line as read and the read stage's context are registered first (stage
-        # r): the block RAM's clock-to-output is not on the gather's path.
-        rd_valid, rd_bank, rd_tag, rd_push_prev = s1, s1_bank, s1_tag, s1_push_prev
-        rd_gather, rd_used, line = s1_gather, s1_used, self.sp_a.data
-        rd_flags = self.zf_data[0]
+        # rd): the block RAM's clock-to-output is not on the gather's path.
+        rd = staged(m, cfg.retime, "rd", valid=s1, bank=s1_bank, tag=s1_tag,
+                    push_prev=s1_push_prev, gather=s1_gather, line=self.sp_a.data, **late)
         if cfg.retime:
-            rd_valid, rd_bank, rd_tag = Signal(), Signal(), Signal(AccTag(cfg))
-            rd_push_prev, rd_used, rd_flags = Signal(), Signal(G), Signal(G)
-            rd_gather = [Signal(8, name=f"rd_gather{i}") for i in range(R)]
-            line = Signal.like(self.sp_a.data)
-            m.d.sync += [
-                rd_valid.eq(s1), rd_bank.eq(s1_bank), rd_tag.eq(s1_tag),
-                rd_push_prev.eq(s1_push_prev), rd_used.eq(s1_used),
-                rd_flags.eq(self.zf_data[0]), line.eq(self.sp_a.data),
-                *[rd_gather[i].eq(s1_gather[i]) for i in range(R)],
-            ]
             # Banks the read and line stages use before the array sees them.
-            m.d.comb += pre_array.eq(Mux(s1, 1 << s1_bank, 0) | Mux(rd_valid, 1 << rd_bank, 0))
+            m.d.comb += pre_array.eq(Mux(s1, 1 << s1_bank, 0)
+                                     | Mux(rd["valid"], 1 << rd["bank"], 0))
         # With late_skip, the line stage drops a line whose gathered sub-blocks its flags
         # (read with it) show all zero, unless it is the last of a MATMUL that pushes.
-        rd_skip = Signal()
+        rd_skip = Const(0, 1)
         if self.late_skip:
-            m.d.comb += rd_skip.eq(Const(cfg.zero_skip, 1) & rd_valid & rd_tag.accumulate
-                                   & ((rd_flags & rd_used) == rd_used)
-                                   & ~rd_tag.push_next & ~rd_push_prev)
+            rd_skip = Signal()
+            m.d.comb += rd_skip.eq(Const(cfg.zero_skip, 1) & rd["valid"] & rd["tag"].accumulate
+                                   & ((rd["flags"] & rd["used"]) == rd["used"])
+                                   & ~rd["tag"].push_next & ~rd["push_prev"])
             m.d.sync += self.skipped.eq(rd_skip)
         lanes = []
         for i in range(R):
             lane = Signal(signed(8), name=f"lane{i}")
-            with m.Switch(rd_gather[i]):
+            with m.Switch(rd["gather"][i]):
                 for b in range(min(GR, L)):
                     with m.Case(b):
-                        m.d.comb += lane.eq(line[b])
+                        m.d.comb += lane.eq(rd["line"][b])
             lanes.append(lane)
-        if cfg.retime:
-            m.d.sync += [
-                s2.eq(rd_valid & ~rd_skip), s2_bank.eq(rd_bank), s2_tag.eq(rd_tag),
-                s2_push_prev.eq(rd_valid & rd_push_prev),
-                s2_lanes.eq(Cat(lanes)),
-            ]
-            offered = {"valid": s2, "bank": s2_bank, "tag": s2_tag, "push_prev": s2_push_prev,
-                       "lanes": list(s2_lanes)}
-        else:
-            offered = {"valid": s1, "bank": s1_bank, "tag": s1_tag, "push_prev": s1_push_prev,
-                       "lanes": lanes}
+        # Retimed, the gathered vector is registered (stage s2) before the array; the array
+        # never stalls its input (its output is always taken), so s2 always advances.
+        offered = staged(m, cfg.retime, "s2", valid=rd["valid"] & ~rd_skip, bank=rd["bank"],
+                         tag=rd["tag"], push_prev=rd["valid"] & rd["push_prev"], lanes=lanes)
         m.d.comb += [
             array.a.valid.eq(offered["valid"]),
             array.a.p.bank.eq(offered["bank"]),
@@ -853,54 +822,30 @@ class ExecuteUnit(wiring.Component):
         else:
             m.d.comb += self.gated.eq(_tree_sum(terms))
         a_busy = Signal()
-        m.d.comb += a_busy.eq((a_left != 0) | s1 | rd_valid | s2)
+        m.d.comb += a_busy.eq((a_left != 0) | s1 | rd["valid"] | offered["valid"])
 
         # Write-back: read the row at the array's output, add, write one cycle later.
         # Retimed, the row read is registered first and the add made a cycle later (the
         # block RAM's clock-to-output and the add are not one path); the row written the
         # cycle before, which that read could not see yet, is forwarded.
-        wb_valid = Signal()
-        wb_addr = Signal.like(self.acc_wr.addr)
-        wb_accumulate = Signal()
-        wb_push_next = Signal()
-        wb_data = Signal(data.ArrayLayout(signed(32), C))
         m.d.comb += [
             self.acc_rd.addr.eq(array.o.p.tag.addr),
             self.acc_rd.en.eq(array.o.valid),
         ]
-        m.d.sync += [
-            wb_valid.eq(array.o.valid),
-            wb_addr.eq(array.o.p.tag.addr),
-            wb_accumulate.eq(array.o.p.tag.accumulate),
-            wb_push_next.eq(array.o.valid & array.o.p.tag.push_next),
-            wb_data.eq(array.o.p.data),
-        ]
+        wb = staged(m, True, "wb", valid=array.o.valid, addr=array.o.p.tag.addr,
+                    accumulate=array.o.p.tag.accumulate,
+                    push_next=array.o.valid & array.o.p.tag.push_next, data=array.o.p.data)
+        write = staged(m, cfg.retime, "wr", **wb, row=self.acc_rd.data)
+        row = [write["row"][j] for j in range(C)]
         if cfg.retime:
-            wr_valid = Signal()
-            wr_addr = Signal.like(wb_addr)
-            wr_accumulate = Signal()
-            wr_push_next = Signal()
-            wr_data = Signal.like(wb_data)
-            wr_row = Signal.like(wb_data)            # the row as read
-            m.d.sync += [
-                wr_valid.eq(wb_valid), wr_addr.eq(wb_addr), wr_accumulate.eq(wb_accumulate),
-                wr_push_next.eq(wb_push_next), wr_data.eq(wb_data),
-                wr_row.eq(self.acc_rd.data),
-            ]
             # The write of the cycle before, and whether it wrote the row being added to
             # (compared a cycle ahead, from the registers that become the write's and the
             # next write's addresses).
             forward = Signal()
-            last_row = Signal.like(wb_data)
-            m.d.sync += [forward.eq(wr_valid & (wr_addr == wb_addr)),
+            last_row = Signal.like(wb["data"])
+            m.d.sync += [forward.eq(write["valid"] & (write["addr"] == wb["addr"])),
                          last_row.eq(self.acc_wr.data)]
-            row = [Mux(forward, last_row[j], wr_row[j]) for j in range(C)]
-            write = {"valid": wr_valid, "addr": wr_addr, "accumulate": wr_accumulate,
-                     "push_next": wr_push_next, "data": wr_data}
-        else:
-            row = [self.acc_rd.data[j] for j in range(C)]
-            write = {"valid": wb_valid, "addr": wb_addr, "accumulate": wb_accumulate,
-                     "push_next": wb_push_next, "data": wb_data}
+            row = [Mux(forward, last_row[j], row[j]) for j in range(C)]
         m.d.comb += [
             self.acc_wr.addr.eq(write["addr"]),
             self.acc_wr.en.eq(write["valid"]),
@@ -910,8 +855,8 @@ class ExecuteUnit(wiring.Component):
                 Mux(write["accumulate"], row[j], 0) + write["data"][j])
         m.d.comb += self.late_push.eq(Cat(to_array & offered["push_prev"], write["push_next"]))
         drained = Signal()
-        m.d.comb += drained.eq(~a_busy & (array.bank_busy == 0) & ~wb_valid
-                               & ~(write["valid"] if cfg.retime else 0))
+        m.d.comb += drained.eq(~a_busy & (array.bank_busy == 0) & ~wb["valid"]
+                               & ~write["valid"])
 
         with m.FSM():
             with _TokenWait.take(m, self, ins, idle=~w_busy & drained):
@@ -1040,10 +985,8 @@ class StoreUnit(wiring.Component):
         else:
             m.d.comb += s1_taken.eq(s1 & Mux(st.raw, rowq.w_rdy, rq.i.ready))
         # The row offered to the requantiser or (raw) the row queue.
-        offer, row = s1, self.acc_rd.data
-        if registered:
-            offer, row = Signal(), Signal.like(self.acc_rd.data)
-            m.d.sync += [offer.eq(s1), row.eq(self.acc_rd.data)]
+        offered = staged(m, registered, "offer", valid=s1, row=self.acc_rd.data)
+        offer, row = offered["valid"], offered["row"]
         adv = Signal()
         m.d.comb += adv.eq(~s1 | s1_taken)
         issue = Signal()
