@@ -137,7 +137,7 @@ _NO_COLLISION = (
 )
 
 
-def _overrides(board, config, pe_mult, seed, place_only=False):
+def _overrides(board, config, pe_mult, seed, place_only=False, router=None):
     family = BOARDS[board].family
     booth = []
     on_dsp = pe_dsp_count(board, config, pe_mult)
@@ -167,17 +167,20 @@ def _overrides(board, config, pe_mult, seed, place_only=False):
         "synth_opts": synth,
         # Always finish, so that a failing clock still gets its report.
         "nextpnr_opts": ["--report", "top.report.json", "--timing-allow-fail",
-                         "--seed", str(seed), *(["--no-route"] if place_only else [])],
+                         "--seed", str(seed), *(["--no-route"] if place_only else []),
+                         *(["--router", router] if router else [])],
     }
 
 
 def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
-          build_dir=None, reports_dir=REPORTS_DIR, command=None, log=print, place_only=False):
+          build_dir=None, reports_dir=REPORTS_DIR, command=None, log=print, place_only=False,
+          router=None):
     """Build ``config`` for ``board``; return the report dictionary (also written to disk).
 
     With ``place_only`` nextpnr stops after placement (``--no-route``): the report gives the
     resources and nextpnr's Fmax estimate from placement, marked as an estimate, never a pass;
     for designs whose routing takes too long to iterate on. Its files end in ``_placed``.
+    ``router`` picks nextpnr's router (``router1``, its default, or ``router2``).
     """
     spec = BOARDS[board]
     family = spec.family
@@ -198,7 +201,7 @@ def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
         f"{config.rows * config.cols} PE multipliers per core on DSPs, "
         f"target {top.clock_hz / 1e6:g} MHz, memory {mem_bytes // 1024} KiB -> {build_dir}")
     plan = board_platform(board, config, pe_mult).build(
-        top, name="top", do_build=False, **_overrides(board, config, pe_mult, seed, place_only))
+        top, name="top", do_build=False, **_overrides(board, config, pe_mult, seed, place_only, router))
     plan.extract(str(build_dir))
     start = time.monotonic()
     with open(build_dir / "build.log", "w") as out:
@@ -263,6 +266,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1, help="nextpnr placer seed")
     parser.add_argument("--place-only", action="store_true",
                         help="stop after placement: resources and an Fmax estimate")
+    parser.add_argument("--router", choices=("router1", "router2"), default=None,
+                        help="nextpnr's router (default: nextpnr's, router1)")
     parser.add_argument("--build-dir", default=None)
     parser.add_argument("--reports-dir", default=str(REPORTS_DIR))
     args = parser.parse_args(argv)
@@ -282,7 +287,7 @@ def main(argv=None):
         report = build(args.board, config, mem_bytes=mem_bytes,
               clock_hz=args.clock_mhz * 1e6 if args.clock_mhz else None,
               pe_mult=args.pe_mult, seed=args.seed, build_dir=args.build_dir,
-              place_only=args.place_only,
+              place_only=args.place_only, router=args.router,
               reports_dir=args.reports_dir, command=command)
     except (FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

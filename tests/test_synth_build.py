@@ -158,6 +158,9 @@ def test_a_placed_only_build_is_an_estimate_and_never_passes(tmp_path):
     assert "--no-route" in _overrides("ulx3s-85f", config, "dsp", 1, place_only=True)[
         "nextpnr_opts"]
     assert "--no-route" not in _overrides("ulx3s-85f", config, "dsp", 1)["nextpnr_opts"]
+    opts = _overrides("ulx3s-85f", config, "dsp", 1, router="router2")["nextpnr_opts"]
+    assert opts[opts.index("--router") + 1] == "router2"
+    assert "--router" not in _overrides("ulx3s-85f", config, "dsp", 1)["nextpnr_opts"]
 
 
 def test_fmax_estimate_is_read_from_the_log_when_the_report_has_none():
