@@ -15,7 +15,8 @@ Dataflow (R rows x C columns, see docs/architecture.md):
   ``latency = R + C - 1`` cycles.
 """
 
-from amaranth import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed, unsigned
+from amaranth import (Cat, ClockSignal, Const, Instance, Module, Mux, Shape, Signal, signed,
+                      unsigned)
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -23,12 +24,17 @@ from amaranth.utils import ceil_log2
 from .config import NPUConfig
 from .stage import staged
 
-__all__ = ["DSP_PRODUCTS", "ProcessingElement", "SystolicArray"]
+__all__ = ["DSP_PRODUCTS", "ProcessingElement", "SystolicArray", "psum_bits"]
 
 #: The platform attribute an ECP5 build sets to the number of PEs per array (the first ones in
 #: row-major order) whose multiply and product register are one MULT18X18D, the register being
 #: the DSP's output register (retimed arrays only). Unset, every product is inferred.
 DSP_PRODUCTS = "npu_dsp_products"
+
+
+def psum_bits(products):
+    """Bits of a signed sum of ``products`` int8 x int8 products, each in [-16256, 16384]."""
+    return Shape.cast(range(-16256 * products, 16384 * products + 1)).width
 
 
 class ProcessingElement(wiring.Component):
@@ -42,15 +48,18 @@ class ProcessingElement(wiring.Component):
         Activation and the weight bank it uses, from the left neighbour.
     a_out, a_bank_out : Out
         The same, registered, to the right neighbour.
-    psum_in : In(signed(32))
+    psum_in : In(signed(psum_width))
         Partial sum from the PE above (0 on the top row).
-    psum_out : Out(signed(32))
+    psum_out : Out(signed(psum_width))
         ``psum_in + a_in * W[a_bank_in]``, registered.
     w_we, w_bank, w_data : In
         Write ``w_data`` into weight bank ``w_bank``.
 
     Parameters
     ----------
+    psum_width : int
+        Bits of the partial sums: row ``i`` of an array needs ``psum_bits(i + 1)``, which holds
+        any sum of ``i + 1`` int8 x int8 products exactly.
     product_register : bool
         Register the product before the add (``psum_in`` is then expected a cycle later).
     ecp5_dsp : bool
@@ -62,23 +71,21 @@ class ProcessingElement(wiring.Component):
         simulators do not run the instance.
     """
 
-    en: In(1)
-    a_in: In(signed(8))
-    a_bank_in: In(1)
-    a_out: Out(signed(8))
-    a_bank_out: Out(1)
-    psum_in: In(signed(32))
-    psum_out: Out(signed(32))
-    w_we: In(1)
-    w_bank: In(1)
-    w_data: In(signed(8))
-
-    def __init__(self, *, product_register=False, ecp5_dsp=False):
+    def __init__(self, *, psum_width=32, product_register=False, ecp5_dsp=False):
         if ecp5_dsp and not product_register:
             raise ValueError("An ECP5 DSP product needs the product register (retime)")
+        if psum_width < psum_bits(1):
+            raise ValueError(f"psum_width must be at least {psum_bits(1)} (one product), "
+                             f"not {psum_width}")
         self.product_register = product_register
         self.ecp5_dsp = ecp5_dsp
-        super().__init__()
+        super().__init__({
+            "en": In(1),
+            "a_in": In(signed(8)), "a_bank_in": In(1),
+            "a_out": Out(signed(8)), "a_bank_out": Out(1),
+            "psum_in": In(signed(psum_width)), "psum_out": Out(signed(psum_width)),
+            "w_we": In(1), "w_bank": In(1), "w_data": In(signed(8)),
+        })
 
     def elaborate(self, platform):
         m = Module()
@@ -89,7 +96,7 @@ class ProcessingElement(wiring.Component):
             with m.Else():
                 m.d.sync += weights[0].eq(self.w_data)
         weight = Mux(self.a_bank_in, weights[1], weights[0])
-        # int8 x int8 fits 16 bits; the int32 sum wraps like the accumulator does.
+        # int8 x int8 fits 16 bits; the partial sum is wide enough never to wrap.
         product = self.a_in * weight
         if self.ecp5_dsp:
             registered = Signal(signed(16))
@@ -198,7 +205,10 @@ class SystolicArray(wiring.Component):
         ]
 
         on_dsp = getattr(platform, DSP_PRODUCTS, 0) if self.config.retime else 0
-        pes = [[ProcessingElement(product_register=self.config.retime,
+        # Row i's partial sums hold i + 1 products: narrower than int32 (sign-extended at the
+        # bottom), so its adders and registers are too.
+        pes = [[ProcessingElement(psum_width=psum_bits(i + 1),
+                                  product_register=self.config.retime,
                                   ecp5_dsp=i * C + j < on_dsp) for j in range(C)]
                for i in range(R)]
         # A weight row taken is written into its PEs; retimed, a cycle later from registers
@@ -258,7 +268,7 @@ class SystolicArray(wiring.Component):
         for j in range(C):
             s = pes[R - 1][j].psum_out
             for d in range(C - 1 - j):
-                s_next = Signal(signed(32), name=f"deskew{j}_{d + 1}")
+                s_next = Signal.like(s, name=f"deskew{j}_{d + 1}")
                 with m.If(en):
                     m.d.sync += s_next.eq(s)
                 s = s_next

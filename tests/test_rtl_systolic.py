@@ -6,7 +6,7 @@ from amaranth import Cat, ClockSignal, Const, Elaboratable, Fragment, Module, Si
 
 from npu.rtl import systolic
 from npu.rtl.config import NPUConfig
-from npu.rtl.systolic import DSP_PRODUCTS, SystolicArray
+from npu.rtl.systolic import DSP_PRODUCTS, ProcessingElement, SystolicArray, psum_bits
 from npu.sim.amaranth_sim import run_simulation
 from npu.sim.streams import stream_put
 
@@ -240,3 +240,27 @@ def test_dsp_products_match_numpy_through_a_model_of_the_mult18x18d(monkeypatch,
                 for t, (a, w) in enumerate(tiles) for mi in range(a.shape[0])]
     assert outputs == expected
     assert len(made) == on_dsp      # one modelled instance per PE on a DSP
+
+
+@pytest.mark.parametrize("retime", [False, True])
+@pytest.mark.parametrize("rows", [1, 3, 8, 16])
+def test_extreme_sums_fit_the_narrow_partial_sums(rows, retime):
+    # Row i's partial sums are psum_bits(i + 1) wide: the largest and the most negative sums
+    # of `rows` products must come out exact, sign-extended to int32.
+    config = NPUConfig(rows=rows, cols=2, retime=retime)
+    a = np.array([[-128] * rows, [127] * rows, [-128] * rows])
+    w = np.stack([np.full(rows, -128), np.full(rows, 127)], axis=1)
+    outputs = run_tiles(config, [(a, w)], name="systolic_extreme_sums")
+    assert [vec for _, vec in outputs] == [list(v) for v in a @ w]
+    assert outputs[0][1] == [16384 * rows, -16256 * rows]
+
+
+def test_psum_bits_hold_the_extreme_sums_and_no_fewer_do():
+    for n in (1, 2, 3, 8, 16, 64):
+        bits = psum_bits(n)
+        assert -(1 << (bits - 1)) <= -16256 * n and 16384 * n < (1 << (bits - 1))
+        assert not 16384 * n < (1 << (bits - 2))
+    assert [psum_bits(n) for n in (1, 2, 4, 8, 16)] == [16, 17, 18, 19, 20]
+    with pytest.raises(ValueError, match=r"^psum_width must be at least 16 \(one product\), "
+                                         r"not 15$"):
+        ProcessingElement(psum_width=15)
