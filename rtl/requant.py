@@ -25,8 +25,14 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import NPUConfig
+from .ecp5 import registered_multiply
 
-__all__ = ["Requantiser", "SequentialRequantiser", "SerialRequantiser"]
+__all__ = ["DSP_PARTIAL_PRODUCTS", "Requantiser", "SequentialRequantiser", "SerialRequantiser"]
+
+#: The platform attribute an ECP5 build sets (true) so that a retimed requantiser's four
+#: partial products are MULT18X18Ds whose output registers are the stage-2 registers. Unset,
+#: the products are inferred (and an ECP5 build's DSPs then have no registers).
+DSP_PARTIAL_PRODUCTS = "npu_dsp_partial_products"
 
 _INT32_MAX = 2**31 - 1
 
@@ -162,11 +168,12 @@ class Requantiser(wiring.Component):
                          for n in range(1, len(beat)) for f in beat_fields]
         m.d.comb += self.o.valid.eq(valid[-1])
 
+        dsp = self._retime and getattr(platform, DSP_PARTIAL_PRODUCTS, False)
         for lane in range(self._lanes):
-            self._elaborate_lane(m, lane, advance, beat, double)
+            self._elaborate_lane(m, lane, advance, beat, double, dsp)
         return m
 
-    def _elaborate_lane(self, m, k, advance, beat, double):
+    def _elaborate_lane(self, m, k, advance, beat, double, dsp):
         p_in = self.i.payload
         retime = self._retime
 
@@ -201,10 +208,18 @@ class Requantiser(wiring.Component):
         # Stage 2: x * M as four partial products: a = aH * 2**16 + aL with aL unsigned.
         a_lo, a_hi = s1_x[:16], s1_x[16:].as_signed()
         b_lo, b_hi = s1_m[:16], s1_m[16:].as_signed()
-        ll = reg(a_lo * b_lo, "s2_pp_ll", unsigned(32))
-        hl = reg(a_hi * b_lo, "s2_pp_hl", signed(33))
-        lh = reg(a_lo * b_hi, "s2_pp_lh", signed(33))
-        hh = reg(a_hi * b_hi, "s2_pp_hh", signed(32))
+        if dsp:
+            def product(a, b, what, shape):
+                p = Signal(shape, name=f"{what}{k}")
+                m.submodules[f"{what}{k}"] = registered_multiply(a, b, p, advance)
+                return p
+        else:
+            def product(a, b, what, shape):
+                return reg(a * b, what, shape)
+        ll = product(a_lo, b_lo, "s2_pp_ll", unsigned(32))
+        hl = product(a_hi, b_lo, "s2_pp_hl", signed(33))
+        lh = product(a_lo, b_hi, "s2_pp_lh", signed(33))
+        hh = product(a_hi, b_hi, "s2_pp_hh", signed(32))
         e = reg(e, "s2_e")
 
         # Stage 3: the 64-bit product; for double rounding plus SRDHM's 2**30 (see module doc).

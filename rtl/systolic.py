@@ -15,13 +15,13 @@ Dataflow (R rows x C columns, see docs/architecture.md):
   ``latency = R + C - 1`` cycles.
 """
 
-from amaranth import (Cat, ClockSignal, Const, Instance, Module, Mux, Shape, Signal, signed,
-                      unsigned)
+from amaranth import Cat, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .config import NPUConfig
+from .ecp5 import registered_multiply
 from .stage import staged
 
 __all__ = ["DSP_PRODUCTS", "ProcessingElement", "SystolicArray", "psum_bits"]
@@ -100,7 +100,7 @@ class ProcessingElement(wiring.Component):
         product = self.a_in * weight
         if self.ecp5_dsp:
             registered = Signal(signed(16))
-            m.submodules.mult = _ecp5_registered_multiply(self.a_in, weight, registered,
+            m.submodules.mult = registered_multiply(self.a_in, weight, registered,
                                                           self.en)
             product = registered
         elif self.product_register:
@@ -117,28 +117,6 @@ class ProcessingElement(wiring.Component):
                 self.psum_out.eq(self.psum_in + product),
             ]
         return m
-
-
-def _ecp5_registered_multiply(a, b, p, ce):
-    """A MULT18X18D: ``p`` (16 bits) <= ``a * b`` (signed 8 x 8 bits) when ``ce``, through its
-    output register on the ``sync`` clock."""
-    ports = {"p_REG_OUTPUT_CLK": "CLK0", "p_REG_OUTPUT_CE": "CE0", "p_REG_OUTPUT_RST": "RST0",
-             "p_GSR": "DISABLED", "p_RESETMODE": "SYNC",
-             "i_CLK0": ClockSignal("sync"), "i_CE0": ce, "i_RST0": Const(0, 1),
-             "i_SIGNEDA": Const(1, 1), "i_SIGNEDB": Const(1, 1),
-             "i_SOURCEA": Const(0, 1), "i_SOURCEB": Const(0, 1)}
-    wide_a, wide_b = Signal(signed(18)), Signal(signed(18))
-    wide_p = Signal(36)
-    for i in range(18):
-        ports[f"i_A{i}"] = wide_a[i]
-        ports[f"i_B{i}"] = wide_b[i]
-        ports[f"i_C{i}"] = Const(0, 1)
-    for i in range(36):
-        ports[f"o_P{i}"] = wide_p[i]
-    m = Module()
-    m.submodules.dsp = Instance("MULT18X18D", **ports)
-    m.d.comb += [wide_a.eq(a), wide_b.eq(b), p.eq(wide_p[:16])]
-    return m
 
 
 class SystolicArray(wiring.Component):

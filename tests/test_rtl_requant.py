@@ -3,14 +3,21 @@
 
 import random
 import re
+import types
 
 import numpy as np
 import pytest
 
 from npu.firmware.quant import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier, requantize
 from npu.rtl.config import NPUConfig
-from npu.rtl.requant import Requantiser, SequentialRequantiser, SerialRequantiser
+from npu.rtl.requant import (
+    DSP_PARTIAL_PRODUCTS,
+    Requantiser,
+    SequentialRequantiser,
+    SerialRequantiser,
+)
 from npu.sim.amaranth_sim import run_simulation
+from npu.sim.ecp5 import OnPlatform, use_mult18x18d_model
 
 LANES = 4
 FULL = (0, -128, 127)  # zero point, act_min, act_max
@@ -49,7 +56,7 @@ def _expected(beat, rounding):
 
 
 def _run(rounding, beats, *, valid_prob=1.0, ready_prob=1.0, seed=0, dut=None,
-         cycles_per_beat=1, retime=False, stall=True):
+         cycles_per_beat=1, retime=False, stall=True, platform=None):
     """Stream ``beats`` through a Requantiser (or ``dut``, with LANES channels per beat);
     return outputs and the cycles of each handshake.
 
@@ -91,7 +98,8 @@ def _run(rounding, beats, *, valid_prob=1.0, ready_prob=1.0, seed=0, dut=None,
             cycle += 1
 
     limit = int(len(beats) * cycles_per_beat / min(valid_prob, ready_prob) * 3) + 50
-    run_simulation(dut, testbench, name=f"requant_{rounding}", deadline_cycles=limit)
+    top = dut if platform is None else OnPlatform(dut, platform)
+    run_simulation(top, testbench, name=f"requant_{rounding}", deadline_cycles=limit)
     assert len(got) == len(beats), f"{len(got)} of {len(beats)} beats came out in {limit} cycles"
     return dut, got, accepted_at, delivered_at
 
@@ -193,6 +201,22 @@ def test_requantiser_backpressure_loses_and_duplicates_nothing(rounding, retime)
     assert got == [_expected(beat, rounding) for beat in beats]
     # The random stalls did happen: the output was not taken every cycle it was valid.
     assert delivered[-1] - delivered[0] > len(beats) + 20
+
+
+@pytest.mark.parametrize("stall", [True, False])
+@pytest.mark.parametrize("rounding", ["double", "single"])
+def test_dsp_partial_products_match_the_oracle_through_a_model_of_the_mult18x18d(
+        monkeypatch, rounding, stall):
+    # The ECP5 build's retimed requantiser: its four partial products per lane are
+    # MULT18X18Ds registered inside the DSP (simulated by a model of the primitive that checks
+    # their parameters and wiring), at the edge cases, with and without stalls.
+    made = use_mult18x18d_model(monkeypatch)
+    platform = types.SimpleNamespace(**{DSP_PARTIAL_PRODUCTS: True})
+    fields = [FULL, (0, 0, 127), (-3, -20, 20)]
+    beats = _beats(_edge_lanes(), fields) + _random_beats(seed=13, count=200)
+    _check(rounding, beats, retime=True, stall=stall, platform=platform,
+           ready_prob=0.6 if stall else 1.0)
+    assert made == ["MULT18X18D"] * 4 * LANES
 
 
 @pytest.mark.parametrize("stall", [True, False])

@@ -2,12 +2,11 @@ import types
 
 import numpy as np
 import pytest
-from amaranth import Cat, ClockSignal, Const, Elaboratable, Fragment, Module, Signal
 
-from npu.rtl import systolic
 from npu.rtl.config import NPUConfig
 from npu.rtl.systolic import DSP_PRODUCTS, ProcessingElement, SystolicArray, psum_bits
 from npu.sim.amaranth_sim import run_simulation
+from npu.sim.ecp5 import OnPlatform, use_mult18x18d_model
 from npu.sim.streams import stream_put
 
 SHAPES = [(1, 1), (2, 3), (4, 4), (8, 8)]
@@ -24,16 +23,6 @@ def random_int8(rng, shape):
 async def load_weights(ctx, dut, w, bank):
     for i, row in enumerate(w):
         await stream_put(ctx, dut.w, {"row": i, "bank": bank, "data": [int(v) for v in row]})
-
-
-class _OnPlatform(Elaboratable):
-    """Elaborate ``inner`` for ``platform`` (the simulator elaborates for none)."""
-
-    def __init__(self, inner, platform):
-        self.inner, self.platform = inner, platform
-
-    def elaborate(self, platform):
-        return Fragment.get(self.inner, self.platform)
 
 
 def run_tiles(config, tiles, *, ready_pattern=None, name="systolic", platform=None):
@@ -73,7 +62,7 @@ def run_tiles(config, tiles, *, ready_pattern=None, name="systolic", platform=No
             if valid and ready:
                 outputs.append((payload.tag, [int(v) for v in payload.data]))
 
-    top = dut if platform is None else _OnPlatform(dut, platform)
+    top = dut if platform is None else OnPlatform(dut, platform)
     run_simulation(top, weight_loader, producer, consumer, name=name)
     return outputs
 
@@ -172,53 +161,6 @@ def test_weight_write_waits_while_its_bank_is_in_flight(retime):
     assert seen == [(0, 1)] * dut.latency + [(1, 0)] * dut.latency + [(1, 0)]
 
 
-class MULT18X18DModel(Elaboratable):
-    """The ECP5 MULT18X18D as Lattice documents it (TN1267, sysDSP: P = A x B, A and B signed
-    as SIGNEDA / SIGNEDB say, each register clocked by the CLKn / CEn / RSTn its REG_*_CLK
-    parameter names, or none), for the parameters the PE may set; anything else fails."""
-
-    def __init__(self, kind, **ports):
-        assert kind == "MULT18X18D"
-        self.p = {k[2:]: v for k, v in ports.items() if k.startswith("p_")}
-        self.i = {k[2:]: v for k, v in ports.items() if k.startswith("i_")}
-        self.o = {k[2:]: v for k, v in ports.items() if k.startswith("o_")}
-        known = {"REG_INPUTA_CLK", "REG_INPUTB_CLK", "REG_PIPELINE_CLK", "REG_OUTPUT_CLK",
-                 "REG_OUTPUT_CE", "REG_OUTPUT_RST", "GSR", "RESETMODE"}
-        assert set(self.p) <= known, set(self.p) - known
-        assert set(self.o) == {f"P{k}" for k in range(36)}
-
-    def const(self, name):
-        value = self.i[name]
-        assert isinstance(value, Const), f"{name} must be a constant here"
-        return value.value
-
-    def elaborate(self, platform):
-        m = Module()
-        assert self.const("SOURCEA") == 0 and self.const("SOURCEB") == 0   # parallel inputs
-        for reg in ("REG_INPUTA_CLK", "REG_INPUTB_CLK", "REG_PIPELINE_CLK"):
-            assert self.p.get(reg, "NONE") == "NONE", reg
-        a = Cat(self.i[f"A{k}"] for k in range(18))
-        b = Cat(self.i[f"B{k}"] for k in range(18))
-        a = a.as_signed() if self.const("SIGNEDA") else a
-        b = b.as_signed() if self.const("SIGNEDB") else b
-        p = Signal(36)
-        clk = self.p.get("REG_OUTPUT_CLK", "NONE")
-        if clk == "NONE":
-            m.d.comb += p.eq(a * b)
-        else:
-            n = clk[-1]
-            assert self.p["REG_OUTPUT_CE"] == f"CE{n}" and self.p["REG_OUTPUT_RST"] == f"RST{n}"
-            assert self.p["RESETMODE"] == "SYNC"
-            clock = self.i[f"CLK{n}"]
-            assert isinstance(clock, ClockSignal) and clock.domain == "sync"
-            with m.If(self.i[f"RST{n}"]):
-                m.d.sync += p.eq(0)
-            with m.Elif(self.i[f"CE{n}"]):
-                m.d.sync += p.eq(a * b)
-        m.d.comb += [self.o[f"P{k}"].eq(p[k]) for k in range(36)]
-        return m
-
-
 @pytest.mark.parametrize("rows,cols,on_dsp", [(4, 4, 16), (3, 5, 7), (8, 8, 64)])
 def test_dsp_products_match_numpy_through_a_model_of_the_mult18x18d(monkeypatch, rows, cols,
                                                                      on_dsp):
@@ -226,9 +168,7 @@ def test_dsp_products_match_numpy_through_a_model_of_the_mult18x18d(monkeypatch,
     # replaced by a model of it, which checks its parameters and wiring (sign, clock, enable,
     # output bits) against the documented behaviour; some or all PEs on DSPs. (The 16 product
     # bits the PE keeps do not depend on SIGNEDA / SIGNEDB: an 8 x 8-bit product fits them.)
-    made = []
-    monkeypatch.setattr(systolic, "Instance", lambda *args, **kw: made.append(1) or
-                        MULT18X18DModel(*args, **kw))
+    made = use_mult18x18d_model(monkeypatch)
     config = NPUConfig(rows=rows, cols=cols, retime=True)
     rng = np.random.default_rng(rows * 10 + on_dsp)
     tiles = [(random_int8(rng, (m, rows)), random_int8(rng, (rows, cols))) for m in (6, 1, 9)]

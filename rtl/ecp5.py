@@ -1,0 +1,41 @@
+"""ECP5 DSP primitives for the retimed builds (synthesis only).
+
+Yosys maps an inferred product onto a MULT18X18D without its registers, so the multiplier's
+delay and the routes into and out of the DSP make one path. Instantiated here, the register
+that follows a product is the DSP's own output register. The simulators cannot run the
+instance; ``npu.sim.ecp5.MULT18X18DModel`` stands in for it in the tests.
+"""
+
+from amaranth import ClockSignal, Const, Instance, Module, Signal, signed
+from amaranth.hdl import Shape, Value
+
+__all__ = ["registered_multiply"]
+
+
+def registered_multiply(a, b, p, ce):
+    """A MULT18X18D whose output register is ``p``: ``p <= a * b`` (its low ``len(p)`` bits)
+    when ``ce``, on the ``sync`` clock; not reset. ``a`` and ``b`` must fit a signed 18-bit
+    operand (signed up to 18 bits, unsigned up to 17)."""
+    for name, value in (("a", a), ("b", b)):
+        shape = Shape.cast(Value.cast(value).shape())
+        if shape.width > (18 if shape.signed else 17):
+            raise ValueError(f"Operand {name} ({shape}) does not fit a signed 18-bit DSP input")
+    if len(p) > 36:
+        raise ValueError(f"A MULT18X18D product has 36 bits, not {len(p)}")
+    ports = {"p_REG_OUTPUT_CLK": "CLK0", "p_REG_OUTPUT_CE": "CE0", "p_REG_OUTPUT_RST": "RST0",
+             "p_GSR": "DISABLED", "p_RESETMODE": "SYNC",
+             "i_CLK0": ClockSignal("sync"), "i_CE0": ce, "i_RST0": Const(0, 1),
+             "i_SIGNEDA": Const(1, 1), "i_SIGNEDB": Const(1, 1),
+             "i_SOURCEA": Const(0, 1), "i_SOURCEB": Const(0, 1)}
+    wide_a, wide_b = Signal(signed(18)), Signal(signed(18))
+    wide_p = Signal(36)
+    for i in range(18):
+        ports[f"i_A{i}"] = wide_a[i]
+        ports[f"i_B{i}"] = wide_b[i]
+        ports[f"i_C{i}"] = Const(0, 1)
+    for i in range(36):
+        ports[f"o_P{i}"] = wide_p[i]
+    m = Module()
+    m.submodules.dsp = Instance("MULT18X18D", **ports)
+    m.d.comb += [wide_a.eq(a), wide_b.eq(b), p.eq(wide_p[:len(p)])]
+    return m
