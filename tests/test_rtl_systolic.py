@@ -2,8 +2,10 @@ import types
 
 import numpy as np
 import pytest
+from amaranth import Signal, signed, unsigned
 
 from npu.rtl.config import NPUConfig
+from npu.rtl.ecp5 import registered_multiply
 from npu.rtl.systolic import DSP_PRODUCTS, ProcessingElement, SystolicArray, psum_bits
 from npu.sim.amaranth_sim import run_simulation
 from npu.sim.ecp5 import OnPlatform, use_mult18x18d_model
@@ -204,3 +206,15 @@ def test_psum_bits_hold_the_extreme_sums_and_no_fewer_do():
     with pytest.raises(ValueError, match=r"^psum_width must be at least 16 \(one product\), "
                                          r"not 15$"):
         ProcessingElement(psum_width=15)
+
+
+@pytest.mark.parametrize("a, b, p, message", [
+    (signed(19), signed(8), 16,
+     r"^Operand a \(signed\(19\)\) does not fit a signed 18-bit DSP input$"),
+    (signed(8), unsigned(18), 16,
+     r"^Operand b \(unsigned\(18\)\) does not fit a signed 18-bit DSP input$"),
+    (signed(18), unsigned(17), 37, r"^A MULT18X18D product has 36 bits, not 37$"),
+])
+def test_dsp_product_rejects_operands_the_dsp_cannot_take(a, b, p, message):
+    with pytest.raises(ValueError, match=message):
+        registered_multiply(Signal(a), Signal(b), Signal(p), 1)
