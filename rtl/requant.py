@@ -25,14 +25,9 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import NPUConfig
-from .ecp5 import registered_multiply
+from .ecp5 import DSP_PARTIAL_PRODUCTS, registered_multiply
 
-__all__ = ["DSP_PARTIAL_PRODUCTS", "Requantiser", "SequentialRequantiser", "SerialRequantiser"]
-
-#: The platform attribute an ECP5 build sets (true) so that a retimed requantiser's four
-#: partial products are MULT18X18Ds whose output registers are the stage-2 registers. Unset,
-#: the products are inferred (and an ECP5 build's DSPs then have no registers).
-DSP_PARTIAL_PRODUCTS = "npu_dsp_partial_products"
+__all__ = ["Requantiser", "SequentialRequantiser", "SerialRequantiser"]
 
 _INT32_MAX = 2**31 - 1
 

@@ -23,7 +23,7 @@ def staged(m, registered, prefix, **values):
 
     def register(name, value):
         reg = Signal.like(value, name=name)
-        m.d.sync += reg.eq(value)
+        stage_if(m, True, reg, value)
         return reg
 
     return {key: ([register(f"{prefix}_{key}{i}", v) for i, v in enumerate(value)]

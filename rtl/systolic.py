@@ -21,15 +21,10 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .config import NPUConfig
-from .ecp5 import registered_multiply
+from .ecp5 import DSP_PRODUCTS, registered_multiply
 from .stage import staged
 
-__all__ = ["DSP_PRODUCTS", "ProcessingElement", "SystolicArray", "psum_bits"]
-
-#: The platform attribute an ECP5 build sets to the number of PEs per array (the first ones in
-#: row-major order) whose multiply and product register are one MULT18X18D, the register being
-#: the DSP's output register (retimed arrays only). Unset, every product is inferred.
-DSP_PRODUCTS = "npu_dsp_products"
+__all__ = ["ProcessingElement", "SystolicArray", "psum_bits"]
 
 
 def psum_bits(products):

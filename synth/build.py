@@ -18,8 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from npu.rtl.requant import DSP_PARTIAL_PRODUCTS
-from npu.rtl.systolic import DSP_PRODUCTS
+from npu.rtl.ecp5 import DSP_PARTIAL_PRODUCTS, DSP_PRODUCTS
 
 from .boards import BOARDS, BoardTop, board_config
 from .report import (
@@ -109,9 +108,9 @@ def pe_dsp_count(board, config, pe_mult="auto"):
 def board_platform(board, config, pe_mult="auto"):
     """The platform of ``board`` for ``config``. On the ECP5 a retimed array's PEs on DSPs
     (:func:`pe_dsp_count`) are DSP instances whose output register is the product register
-    (see ``npu.rtl.systolic.DSP_PRODUCTS``), the others' products are inferred; so are the
+    (see ``npu.rtl.ecp5.DSP_PRODUCTS``), the others' products are inferred; so are the
     requantisers' partial products, registered in their DSPs
-    (``npu.rtl.requant.DSP_PARTIAL_PRODUCTS``)."""
+    (``npu.rtl.ecp5.DSP_PARTIAL_PRODUCTS``)."""
     platform = BOARDS[board].platform()
     if BOARDS[board].family == "ecp5" and config.retime:
         setattr(platform, DSP_PRODUCTS, pe_dsp_count(board, config, pe_mult))

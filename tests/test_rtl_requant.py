@@ -10,12 +10,8 @@ import pytest
 
 from npu.firmware.quant import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier, requantize
 from npu.rtl.config import NPUConfig
-from npu.rtl.requant import (
-    DSP_PARTIAL_PRODUCTS,
-    Requantiser,
-    SequentialRequantiser,
-    SerialRequantiser,
-)
+from npu.rtl.ecp5 import DSP_PARTIAL_PRODUCTS
+from npu.rtl.requant import Requantiser, SequentialRequantiser, SerialRequantiser
 from npu.sim.amaranth_sim import run_simulation
 from npu.sim.ecp5 import OnPlatform, use_mult18x18d_model
 

@@ -5,8 +5,8 @@ import pytest
 from amaranth import Signal, signed, unsigned
 
 from npu.rtl.config import NPUConfig
-from npu.rtl.ecp5 import registered_multiply
-from npu.rtl.systolic import DSP_PRODUCTS, ProcessingElement, SystolicArray, psum_bits
+from npu.rtl.ecp5 import DSP_PRODUCTS, registered_multiply
+from npu.rtl.systolic import ProcessingElement, SystolicArray, psum_bits
 from npu.sim.amaranth_sim import run_simulation
 from npu.sim.ecp5 import OnPlatform, use_mult18x18d_model
 from npu.sim.streams import stream_put
