@@ -152,7 +152,8 @@ class Requantiser(wiring.Component):
         valid = [Signal(name=f"s{n}_valid") for n in range(1, latency + 1)]
         # Per-beat fields travel alongside the data (zero point and clamp used at the end).
         beat_fields = ("zero_point", "act_min", "act_max")
-        beat = [{f: Signal(signed(8), name=f"s{n}_{f}") for f in beat_fields}
+        # Only the valid bits are reset: the data registers are used only behind them.
+        beat = [{f: Signal(signed(8), name=f"s{n}_{f}", reset_less=True) for f in beat_fields}
                 for n in range(1, latency)]
 
         with m.If(advance):
@@ -175,7 +176,7 @@ class Requantiser(wiring.Component):
         def reg(value, what, shape=None):
             """``value`` registered (the pipeline advancing)."""
             sig = Signal(shape if shape is not None else Value.cast(value).shape(),
-                         name=f"{what}{k}")
+                         name=f"{what}{k}", reset_less=True)
             with m.If(advance):
                 m.d.sync += sig.eq(value)
             return sig
@@ -265,8 +266,7 @@ class Requantiser(wiring.Component):
         # min(max(v, lo), hi) with both comparisons on v, side by side.
         below, above = v < lo, v > hi
         clamped = Mux(below, Mux(lo > hi, hi, lo), Mux(above, hi, v))
-        with m.If(advance):
-            m.d.sync += self.o.payload[k].eq(clamped[:8])
+        m.d.comb += self.o.payload[k].eq(reg(clamped[:8], "out", signed(8)))
 
 
 class SerialRequantiser(wiring.Component):
@@ -337,7 +337,7 @@ class SerialRequantiser(wiring.Component):
         # Collect: the earlier groups into `held`, the last one straight through.
         go = Signal(range(G))
         last_out = go == G - 1
-        held = Signal(data.ArrayLayout(signed(8), cfg.cols - K))
+        held = Signal(data.ArrayLayout(signed(8), cfg.cols - K), reset_less=True)
         m.d.comb += [
             self.o.valid.eq(rq.o.valid & last_out),
             rq.o.ready.eq(self.o.ready | ~last_out),

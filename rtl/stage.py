@@ -2,6 +2,12 @@
 
 A stage is written once, as the signals that enter it; whether it is a register (a cycle late)
 or a pass-through is a flag, so the retimed and the plain build share one description.
+
+Data registers (here and in the array, the requantiser and the write-back) are ``reset_less``:
+the units' reset at a run start, and the board's reset, reach only the valid bits and the
+control state, never a register whose contents are used without a valid bit. A run therefore
+starts with whatever the last one left in the data registers, and the tests restart cores on
+purpose with data left in flight.
 """
 
 from amaranth import Signal
@@ -14,18 +20,29 @@ def stage_if(m, registered, target, value):
     domain += target.eq(value)
 
 
-def staged(m, registered, prefix, **values):
+def staged(m, registered, prefix, *, reset=(), **values):
     """The ``values`` (signals, views, expressions, or lists of them) as a dictionary, each
     registered a cycle late if ``registered`` (registers named ``<prefix>_<key>``), else the
-    values themselves."""
+    values themselves.
+
+    Only the registers of the keys named in ``reset`` (the stage's valid bits and the
+    controls that act without them) are reset; the others hold data that nothing uses unless
+    a valid bit says so, and are left off the reset net (thousands of flip-flops in a large
+    array, which the FPGA would otherwise route a reset to)."""
+    unknown = set(reset) - set(values)
+    if unknown:
+        raise ValueError(f"reset names {sorted(unknown)}, which are not among the stage's "
+                         f"values {sorted(values)}")
     if not registered:
         return dict(values)
 
-    def register(name, value):
-        reg = Signal.like(value, name=name)
+    def register(name, value, reset_less):
+        reg = Signal.like(value, name=name, reset_less=reset_less)
         stage_if(m, True, reg, value)
         return reg
 
-    return {key: ([register(f"{prefix}_{key}{i}", v) for i, v in enumerate(value)]
-                  if isinstance(value, (list, tuple)) else register(f"{prefix}_{key}", value))
+    return {key: ([register(f"{prefix}_{key}{i}", v, key not in reset)
+                   for i, v in enumerate(value)]
+                  if isinstance(value, (list, tuple))
+                  else register(f"{prefix}_{key}", value, key not in reset))
             for key, value in values.items()}

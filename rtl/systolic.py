@@ -84,7 +84,9 @@ class ProcessingElement(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        weights = [Signal(signed(8), name=f"w{b}") for b in range(2)]
+        # No register here is reset: a PE's contents only reach a result together with a
+        # valid bit that travels beside the array (and a program loads the weights it uses).
+        weights = [Signal(signed(8), name=f"w{b}", reset_less=True) for b in range(2)]
         with m.If(self.w_we):
             with m.If(self.w_bank):
                 m.d.sync += weights[1].eq(self.w_data)
@@ -101,16 +103,21 @@ class ProcessingElement(wiring.Component):
         elif self.product_register:
             # The multiplier and the adder in separate cycles: psum_in arrives a cycle later
             # too, because every row above is one cycle later as well.
-            registered = Signal(signed(16))
+            registered = Signal(signed(16), reset_less=True)
             with m.If(self.en):
                 m.d.sync += registered.eq(product)
             product = registered
+        a_out = Signal.like(self.a_out, reset_less=True)
+        a_bank_out = Signal.like(self.a_bank_out, reset_less=True)
+        psum_out = Signal.like(self.psum_out, reset_less=True)
         with m.If(self.en):
             m.d.sync += [
-                self.a_out.eq(self.a_in),
-                self.a_bank_out.eq(self.a_bank_in),
-                self.psum_out.eq(self.psum_in + product),
+                a_out.eq(self.a_in),
+                a_bank_out.eq(self.a_bank_in),
+                psum_out.eq(self.psum_in + product),
             ]
+        m.d.comb += [self.a_out.eq(a_out), self.a_bank_out.eq(a_bank_out),
+                     self.psum_out.eq(psum_out)]
         return m
 
 
@@ -187,8 +194,9 @@ class SystolicArray(wiring.Component):
         # A weight row taken is written into its PEs; retimed, a cycle later from registers
         # (the row comes from block RAM and fans out to a whole row of PEs). Either way a
         # vector taken after the row is multiplied with it.
-        write = staged(m, self.config.retime, "w",
-                       we=Cat(self.w.valid & self.w.ready & (self.w.p.row == i) for i in range(R)),
+        write = staged(m, self.config.retime, "w", reset=("we",),
+                       we=Cat(self.w.valid & self.w.ready & (self.w.p.row == i)
+                              for i in range(R)),
                        bank=self.w.p.bank, data=self.w.p.data)
         w_we, w_bank, w_data = write["we"], write["bank"], write["data"]
         if self.config.retime:
@@ -219,8 +227,8 @@ class SystolicArray(wiring.Component):
                 bank.eq(self.a.p.bank),
             ]
             for d in range(i):
-                a_next = Signal(signed(8), name=f"skew_a{i}_{d + 1}")
-                bank_next = Signal(name=f"skew_b{i}_{d + 1}")
+                a_next = Signal(signed(8), name=f"skew_a{i}_{d + 1}", reset_less=True)
+                bank_next = Signal(name=f"skew_b{i}_{d + 1}", reset_less=True)
                 with m.If(en):
                     m.d.sync += [a_next.eq(a), bank_next.eq(bank)]
                 a, bank = a_next, bank_next
@@ -241,7 +249,7 @@ class SystolicArray(wiring.Component):
         for j in range(C):
             s = pes[R - 1][j].psum_out
             for d in range(C - 1 - j):
-                s_next = Signal.like(s, name=f"deskew{j}_{d + 1}")
+                s_next = Signal.like(s, name=f"deskew{j}_{d + 1}", reset_less=True)
                 with m.If(en):
                     m.d.sync += s_next.eq(s)
                 s = s_next
@@ -254,7 +262,7 @@ class SystolicArray(wiring.Component):
         for d in range(self.latency):
             valid_next = Signal(name=f"valid_{d + 1}")
             bank_next = Signal(name=f"bank_{d + 1}")
-            tag_next = Signal(self.tag_shape, name=f"tag_{d + 1}")
+            tag_next = Signal(self.tag_shape, name=f"tag_{d + 1}", reset_less=True)
             with m.If(en):
                 m.d.sync += [valid_next.eq(valid), bank_next.eq(bank), tag_next.eq(tag)]
             valid, bank, tag = valid_next, bank_next, tag_next

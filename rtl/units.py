@@ -619,7 +619,8 @@ class ExecuteUnit(wiring.Component):
         cur_bank = Signal()
 
         # Per bank: gather indices, the sub-blocks they use, zero weights per row.
-        gather = [[Signal(8, name=f"gather{b}_{i}") for i in range(R)] for b in range(2)]
+        gather = [[Signal(8, name=f"gather{b}_{i}", reset_less=True) for i in range(R)]
+                  for b in range(2)]
         used = [Signal(G, name=f"used{b}") for b in range(2)]
         wzero = [[Signal(range(C + 1), name=f"wzero{b}_{i}") for i in range(R)]
                  for b in range(2)]
@@ -667,8 +668,8 @@ class ExecuteUnit(wiring.Component):
         # Zero weights per row, for the gated-MAC count. Retimed, counted from the row as
         # registered a cycle after it is taken (not from the RAM's output): the first vector
         # that uses the bank is counted three cycles after its MATMUL starts at the earliest.
-        zw = staged(m, cfg.retime, "zw", line=self.sp_w.data, taken=w_taken, bank=w_bank,
-                    row=w_s1_row)
+        zw = staged(m, cfg.retime, "zw", reset=("taken",), line=self.sp_w.data, taken=w_taken,
+                    bank=w_bank, row=w_s1_row)
         zeros_in_row = Signal(range(C + 1))
         m.d.comb += zeros_in_row.eq(_tree_sum([zw["line"][j] == 0 for j in range(C)]))
         for b in range(2):
@@ -755,7 +756,7 @@ class ExecuteUnit(wiring.Component):
             m.d.sync += s1.eq(active & found)
         # The read stage's gather indices: retimed, registered with the line's read (so the
         # bank select is not on the gather's path), otherwise selected there.
-        s1_gather = [Signal(8, name=f"s1_gather{i}") for i in range(R)]
+        s1_gather = [Signal(8, name=f"s1_gather{i}", reset_less=True) for i in range(R)]
         if not cfg.retime:
             m.d.comb += [s1_gather[i].eq(Mux(s1_bank, gather[1][i], gather[0][i]))
                          for i in range(R)]
@@ -776,8 +777,9 @@ class ExecuteUnit(wiring.Component):
         # Read stage: gather the lanes from the line, offer the vector to the array.
         # Retimed, the line as read and the read stage's context are registered first (stage
         # rd): the block RAM's clock-to-output is not on the gather's path.
-        rd = staged(m, cfg.retime, "rd", valid=s1, bank=s1_bank, tag=s1_tag,
-                    push_prev=s1_push_prev, gather=s1_gather, line=self.sp_a.data, **late)
+        rd = staged(m, cfg.retime, "rd", reset=("valid",), valid=s1, bank=s1_bank,
+                    tag=s1_tag, push_prev=s1_push_prev, gather=s1_gather, line=self.sp_a.data,
+                    **late)
         if cfg.retime:
             # Banks the read and line stages use before the array sees them.
             m.d.comb += pre_array.eq(Mux(s1, 1 << s1_bank, 0)
@@ -801,8 +803,9 @@ class ExecuteUnit(wiring.Component):
             lanes.append(lane)
         # Retimed, the gathered vector is registered (stage s2) before the array; the array
         # never stalls its input (its output is always taken), so s2 always advances.
-        offered = staged(m, cfg.retime, "s2", valid=rd["valid"] & ~rd_skip, bank=rd["bank"],
-                         tag=rd["tag"], push_prev=rd["valid"] & rd["push_prev"], lanes=lanes)
+        offered = staged(m, cfg.retime, "s2", reset=("valid", "push_prev"),
+                         valid=rd["valid"] & ~rd_skip, bank=rd["bank"], tag=rd["tag"],
+                         push_prev=rd["valid"] & rd["push_prev"], lanes=lanes)
         m.d.comb += [
             array.a.valid.eq(offered["valid"]),
             array.a.p.bank.eq(offered["bank"]),
@@ -832,17 +835,18 @@ class ExecuteUnit(wiring.Component):
             self.acc_rd.addr.eq(array.o.p.tag.addr),
             self.acc_rd.en.eq(array.o.valid),
         ]
-        wb = staged(m, True, "wb", valid=array.o.valid, addr=array.o.p.tag.addr,
-                    accumulate=array.o.p.tag.accumulate,
+        wb = staged(m, True, "wb", reset=("valid", "push_next"), valid=array.o.valid,
+                    addr=array.o.p.tag.addr, accumulate=array.o.p.tag.accumulate,
                     push_next=array.o.valid & array.o.p.tag.push_next, data=array.o.p.data)
-        write = staged(m, cfg.retime, "wr", **wb, row=self.acc_rd.data)
+        write = staged(m, cfg.retime, "wr", reset=("valid", "push_next"), **wb,
+                       row=self.acc_rd.data)
         row = [write["row"][j] for j in range(C)]
         if cfg.retime:
             # The write of the cycle before, and whether it wrote the row being added to
             # (compared a cycle ahead, from the registers that become the write's and the
             # next write's addresses).
             forward = Signal()
-            last_row = Signal.like(wb["data"])
+            last_row = Signal.like(wb["data"], reset_less=True)
             m.d.sync += [forward.eq(write["valid"] & (write["addr"] == wb["addr"])),
                          last_row.eq(self.acc_wr.data)]
             row = [Mux(forward, last_row[j], row[j]) for j in range(C)]
@@ -985,7 +989,8 @@ class StoreUnit(wiring.Component):
         else:
             m.d.comb += s1_taken.eq(s1 & Mux(st.raw, rowq.w_rdy, rq.i.ready))
         # The row offered to the requantiser or (raw) the row queue.
-        offered = staged(m, registered, "offer", valid=s1, row=self.acc_rd.data)
+        offered = staged(m, registered, "offer", reset=("valid",), valid=s1,
+                         row=self.acc_rd.data)
         offer, row = offered["valid"], offered["row"]
         adv = Signal()
         m.d.comb += adv.eq(~s1 | s1_taken)

@@ -203,7 +203,7 @@ class AXI4OnChipMemory(wiring.Component):
             rd = mem.read_port()
             wr = mem.write_port(granularity=8)
             selected = (bank == b) if len(self.data) > 1 else 1
-            out = Signal(len(wdata), name=f"bank{b}_out")
+            out = Signal(len(wdata), name=f"bank{b}_out", reset_less=True)   # data
             m.d.comb += [rd.addr.eq(addr[:low]), wr.addr.eq(addr[:low]), wr.data.eq(wdata),
                          wr.en.eq(Mux(selected, we, 0))]
             m.d.sync += out.eq(rd.data)

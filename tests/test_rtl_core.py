@@ -10,8 +10,13 @@ from npu.firmware.asm import Program, decode
 from npu.firmware.device import build_gemm_image
 from npu.firmware.quant import requantize
 from npu.rtl.config import NPUConfig
+from npu.rtl.control import COUNTERS, RegisterMap
 from npu.rtl.isa import CoreState, ErrorCode, Opcode
+from npu.rtl.top import NPU
 from npu.sim.amaranth_backend import AmaranthBackend
+from npu.sim.amaranth_sim import run_simulation
+from npu.sim.axi_mem import AXI4Memory
+from npu.sim.axil import axil_read, axil_write
 from npu.sim.backend import NPUTimeout
 from npu.sim.golden_backend import GoldenBackend
 from npu.synth.boards import board_config
@@ -600,3 +605,71 @@ def test_icebreaker_board_config_gemm_matches_numpy_and_golden(raw):
     for name in ("macs", "dma_read_bytes", "dma_write_bytes", "macs_skipped",
                  "passes_skipped"):
         assert hw.cores[0].counters[name] == gold.cores[0].counters[name]
+
+
+def _run_one_core_twice(config, first, second, starts):
+    """Run core 0 from ``starts[0]`` on memory ``first``; then, as a host loading the next
+    job would, overwrite the memory with ``second`` and start the core again from
+    ``starts[1]``, in the same simulation (whatever the first run left in the core's
+    registers stays there). Returns the memory and each run's (state, counters)."""
+    dut = NPU(config)
+    mem = AXI4Memory(dut.axi, size=len(first), image=first)
+    runs = []
+
+    async def host(ctx):
+        bus = dut.csr
+        await axil_write(ctx, bus, RegisterMap.IRQ_ENABLE, 1)
+        for start, image in zip(starts, (first, second)):
+            mem.mem[:] = image
+            for reg, value in ((RegisterMap.PROG_ADDR, start), (RegisterMap.WIN_BASE, 0),
+                               (RegisterMap.WIN_LIMIT, len(image))):
+                await axil_write(ctx, bus, RegisterMap.core(0, reg), value)
+            await axil_write(ctx, bus, RegisterMap.core(0, RegisterMap.CTRL), 1)
+            while not ctx.get(dut.irq):
+                await ctx.changed(dut.irq)
+            await ctx.tick()
+            await axil_write(ctx, bus, RegisterMap.IRQ_STATUS, 1)
+            status, _ = await axil_read(ctx, bus, RegisterMap.core(0, RegisterMap.STATUS))
+            counters = {}
+            for name in COUNTERS:
+                counters[name], _ = await axil_read(ctx, bus, RegisterMap.counter(0, name))
+            runs.append((CoreState(status & 3), counters))
+
+    run_simulation(dut, host, processes=[mem.process], name="restart", deadline_cycles=40000)
+    assert len(runs) == 2, "the runs did not finish within the simulation's deadline"
+    return mem.mem.copy(), runs
+
+
+@pytest.mark.parametrize("retime", [False, True])
+@pytest.mark.parametrize("first_run", ["stopped_by_an_error", "finished"])
+def test_a_restarted_core_computes_exactly_whatever_the_last_run_left(first_run, retime):
+    # The data registers (array, write-back, requantiser) are not reset at a run start: only
+    # the valid bits are. The first run leaves other data in them (a stream in flight when an
+    # illegal instruction stops it, or the last results of a finished GEMM); the second run
+    # must give the same results and counters as a fresh core.
+    config = NPUConfig(rows=4, cols=4, cores=1, retime=retime)
+    rng = np.random.default_rng(31)
+    params = dict(bias=rng.integers(-5000, 5000, 9), multiplier=rng.integers(1 << 28, 1 << 31, 9),
+                  shift=rng.integers(-9, 2, 9), zero_point=3, act_min=-128, act_max=127)
+    old_a, old_b = random_int8(rng, (24, 10)), random_int8(rng, (10, 9))
+    a, b = random_int8(rng, (24, 10)), random_int8(rng, (10, 9))
+    old = build_gemm_image(config, old_a, old_b, raw=False, params=params, sparse=False)
+    new = build_gemm_image(config, a, b, raw=False, params=params, sparse=False)
+    first = old.memory.copy()
+    if first_run == "stopped_by_an_error":
+        # The first STORE becomes an illegal instruction: the core stops with the tile's
+        # MATMULs dispatched.
+        words = old.programs[0].words
+        at = old.starts[0] + 16 * [decode(w)["op"] for w in words].index(Opcode.STORE)
+        first[at:at + 16] = np.frombuffer((0xF).to_bytes(16, "little"), np.uint8)
+    memory, runs = _run_one_core_twice(config, first, new.memory, (old.starts[0], new.starts[0]))
+    assert runs[0][0] == (CoreState.ERROR if first_run == "stopped_by_an_error"
+                          else CoreState.DONE)
+    state, counters = runs[1]
+    assert state == CoreState.DONE
+    expected = requantize(a.astype(np.int64) @ b, params["bias"], params["multiplier"],
+                          params["shift"], 3, -128, 127)
+    np.testing.assert_array_equal(new.read_output(memory), expected)
+    fresh = AmaranthBackend(config).run(new.memory, new.starts)
+    np.testing.assert_array_equal(memory, fresh.memory)
+    assert counters == fresh.cores[0].counters
