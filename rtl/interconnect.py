@@ -241,9 +241,10 @@ class AXI4RegisterSlice(wiring.Component):
             payload_in = Cat(getattr(src, name) for name in members)
             payload_out = Cat(getattr(dst, name) for name in members)
             out_valid = Signal(name=f"{valid}_out")
-            out_data = Signal(len(payload_in), name=f"{valid[:-5]}_out")
+            # Only the valid bits are reset (the data goes nowhere without them).
+            out_data = Signal(len(payload_in), name=f"{valid[:-5]}_out", reset_less=True)
             skid_valid = Signal(name=f"{valid}_skid")
-            skid_data = Signal(len(payload_in), name=f"{valid[:-5]}_skid")
+            skid_data = Signal(len(payload_in), name=f"{valid[:-5]}_skid", reset_less=True)
             m.d.comb += [
                 getattr(dst, valid).eq(out_valid),
                 payload_out.eq(out_data),
