@@ -22,10 +22,13 @@ DSP_PRODUCTS = "npu_dsp_products"
 DSP_PARTIAL_PRODUCTS = "npu_dsp_partial_products"
 
 
-def registered_multiply(a, b, p, ce):
+def registered_multiply(a, b, p, ce, *, input_registers=False):
     """A MULT18X18D whose output register is ``p``: ``p <= a * b`` (its low ``len(p)`` bits)
     when ``ce``, on the ``sync`` clock; not reset. ``a`` and ``b`` must fit a signed 18-bit
-    operand (signed up to 18 bits, unsigned up to 17)."""
+    operand (signed up to 18 bits, unsigned up to 17). With ``input_registers`` the operands
+    go through the DSP's input registers first (also clocked when ``ce``): ``p`` is then the
+    product of the operands of two ``ce`` cycles before, and the route into the DSP ends at
+    a register instead of passing through the multiplier."""
     for name, value in (("a", a), ("b", b)):
         shape = Shape.cast(Value.cast(value).shape())
         if shape.width > (18 if shape.signed else 17):
@@ -37,6 +40,10 @@ def registered_multiply(a, b, p, ce):
              "i_CLK0": ClockSignal("sync"), "i_CE0": ce, "i_RST0": Const(0, 1),
              "i_SIGNEDA": Const(1, 1), "i_SIGNEDB": Const(1, 1),
              "i_SOURCEA": Const(0, 1), "i_SOURCEB": Const(0, 1)}
+    if input_registers:
+        for port in ("A", "B"):
+            ports.update({f"p_REG_INPUT{port}_CLK": "CLK0", f"p_REG_INPUT{port}_CE": "CE0",
+                          f"p_REG_INPUT{port}_RST": "RST0"})
     wide_a, wide_b = Signal(signed(18)), Signal(signed(18))
     wide_p = Signal(36)
     for i in range(18):

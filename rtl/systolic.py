@@ -12,7 +12,8 @@ Dataflow (R rows x C columns, see docs/architecture.md):
   vector leave together.
 * The whole array is one stall-able pipeline: it advances when its output is taken or empty.
   From a vector accepted on ``a`` to its result valid on ``o`` is exactly
-  ``latency = R + C - 1`` cycles.
+  ``latency = R + C - 1`` cycles; ``R + C + 1`` with ``config.retime``, whose PEs register
+  their operands and then their product before the add.
 """
 
 from amaranth import Cat, Module, Mux, Shape, Signal, signed, unsigned
@@ -55,24 +56,28 @@ class ProcessingElement(wiring.Component):
     psum_width : int
         Bits of the partial sums: row ``i`` of an array needs ``psum_bits(i + 1)``, which holds
         any sum of ``i + 1`` int8 x int8 products exactly.
-    product_register : bool
-        Register the product before the add (``psum_in`` is then expected a cycle later).
+    product_stages : int
+        Registers between the operands and the add: 0 (multiply and add in one cycle), 1 (the
+        product registered) or 2 (the operands registered, then the product). ``psum_in`` is
+        expected that many cycles later too.
     ecp5_dsp : bool
-        With ``product_register``: the multiply and the product register are one ECP5
-        MULT18X18D whose output register is the product register, so the multiplier's delay
-        ends inside the DSP instead of after a route to a fabric flip-flop. That register is
-        not reset with the unit (a product only reaches a result with the partial sums of its
-        own vector, so what it holds after a reset is never used). For synthesis only: the
-        simulators do not run the instance.
+        With ``product_stages`` of 1 or 2: the multiply and its registers are one ECP5
+        MULT18X18D (``registered_multiply``), whose output register is the product register
+        and, with 2 stages, whose input registers are the operand registers; the route into the
+        DSP then ends at a register, wherever the placer puts the PE's fabric logic. None of
+        them is reset with the unit (a product only reaches a result with the partial sums of
+        its own vector). For synthesis only: the simulators run ``sim.ecp5``'s model instead.
     """
 
-    def __init__(self, *, psum_width=32, product_register=False, ecp5_dsp=False):
-        if ecp5_dsp and not product_register:
-            raise ValueError("An ECP5 DSP product needs the product register (retime)")
+    def __init__(self, *, psum_width=32, product_stages=0, ecp5_dsp=False):
+        if product_stages not in (0, 1, 2):
+            raise ValueError(f"product_stages must be 0, 1 or 2, not {product_stages!r}")
+        if ecp5_dsp and not product_stages:
+            raise ValueError("An ECP5 DSP product needs a product register (retime)")
         if psum_width < psum_bits(1):
             raise ValueError(f"psum_width must be at least {psum_bits(1)} (one product), "
                              f"not {psum_width}")
-        self.product_register = product_register
+        self.product_stages = product_stages
         self.ecp5_dsp = ecp5_dsp
         super().__init__({
             "en": In(1),
@@ -93,20 +98,26 @@ class ProcessingElement(wiring.Component):
             with m.Else():
                 m.d.sync += weights[0].eq(self.w_data)
         weight = Mux(self.a_bank_in, weights[1], weights[0])
-        # int8 x int8 fits 16 bits; the partial sum is wide enough never to wrap.
-        product = self.a_in * weight
+        # int8 x int8 fits 16 bits; the partial sum is wide enough never to wrap. Each stage
+        # delays the product a cycle, and psum_in with it (every row above is as late).
+        stages = self.product_stages
         if self.ecp5_dsp:
-            registered = Signal(signed(16))
-            m.submodules.mult = registered_multiply(self.a_in, weight, registered,
-                                                          self.en)
-            product = registered
-        elif self.product_register:
-            # The multiplier and the adder in separate cycles: psum_in arrives a cycle later
-            # too, because every row above is one cycle later as well.
-            registered = Signal(signed(16), reset_less=True)
-            with m.If(self.en):
-                m.d.sync += registered.eq(product)
-            product = registered
+            product = Signal(signed(16))
+            m.submodules.mult = registered_multiply(self.a_in, weight, product, self.en,
+                                                    input_registers=stages == 2)
+        else:
+            a, w = self.a_in, weight
+            if stages == 2:
+                a = Signal(signed(8), name="a_reg", reset_less=True)
+                w = Signal(signed(8), name="w_reg", reset_less=True)
+                with m.If(self.en):
+                    m.d.sync += [a.eq(self.a_in), w.eq(weight)]
+            product = a * w
+            if stages:
+                registered = Signal(signed(16), reset_less=True)
+                with m.If(self.en):
+                    m.d.sync += registered.eq(product)
+                product = registered
         a_out = Signal.like(self.a_out, reset_less=True)
         a_bank_out = Signal.like(self.a_bank_out, reset_less=True)
         psum_out = Signal.like(self.psum_out, reset_less=True)
@@ -153,7 +164,9 @@ class SystolicArray(wiring.Component):
         self.config = config
         self.rows = config.rows
         self.cols = config.cols
-        self.latency = self.rows + self.cols - 1 + config.retime
+        # Retimed, every PE registers its operands and its product (two stages).
+        self.product_stages = 2 if config.retime else 0
+        self.latency = self.rows + self.cols - 1 + self.product_stages
         self.tag_shape = tag_shape
         super().__init__({
             "a": In(stream.Signature(data.StructLayout({
@@ -188,7 +201,7 @@ class SystolicArray(wiring.Component):
         # Row i's partial sums hold i + 1 products: narrower than int32 (sign-extended at the
         # bottom), so its adders and registers are too.
         pes = [[ProcessingElement(psum_width=psum_bits(i + 1),
-                                  product_register=self.config.retime,
+                                  product_stages=self.product_stages,
                                   ecp5_dsp=i * C + j < on_dsp) for j in range(C)]
                for i in range(R)]
         # A weight row taken is written into its PEs; retimed, a cycle later from registers

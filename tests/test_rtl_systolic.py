@@ -102,10 +102,10 @@ def test_extreme_products_accumulate_without_loss():
 
 @pytest.mark.parametrize("retime", [False, True])
 @pytest.mark.parametrize("rows,cols", [(1, 1), (2, 3), (8, 8)])
-def test_latency_is_rows_plus_cols_minus_one_or_rows_plus_cols_retimed(rows, cols, retime):
+def test_latency_is_rows_plus_cols_minus_one_or_plus_one_retimed(rows, cols, retime):
     config = NPUConfig(rows=rows, cols=cols, retime=retime)
     dut = SystolicArray(config)
-    assert dut.latency == rows + cols - (0 if retime else 1)
+    assert dut.latency == rows + cols + (1 if retime else -1)
     seen = {}
 
     async def tb(ctx):
@@ -206,6 +206,10 @@ def test_psum_bits_hold_the_extreme_sums_and_no_fewer_do():
     with pytest.raises(ValueError, match=r"^psum_width must be at least 16 \(one product\), "
                                          r"not 15$"):
         ProcessingElement(psum_width=15)
+    with pytest.raises(ValueError, match=r"^product_stages must be 0, 1 or 2, not 3$"):
+        ProcessingElement(product_stages=3)
+    with pytest.raises(ValueError, match=r"^An ECP5 DSP product needs a product register"):
+        ProcessingElement(ecp5_dsp=True)
 
 
 @pytest.mark.parametrize("a, b, p, message", [
@@ -218,3 +222,39 @@ def test_psum_bits_hold_the_extreme_sums_and_no_fewer_do():
 def test_dsp_product_rejects_operands_the_dsp_cannot_take(a, b, p, message):
     with pytest.raises(ValueError, match=message):
         registered_multiply(Signal(a), Signal(b), Signal(p), 1)
+
+
+@pytest.mark.parametrize("input_registers", [False, True])
+def test_dsp_product_is_one_or_two_enabled_cycles_late(monkeypatch, input_registers):
+    # registered_multiply through the MULT18X18D model: the product of the operands offered
+    # one (output register) or two (input and output registers) enabled cycles before.
+    made = use_mult18x18d_model(monkeypatch)
+    a, b, ce, p = Signal(signed(8)), Signal(signed(8)), Signal(), Signal(signed(16))
+    dut = registered_multiply(a, b, p, ce, input_registers=input_registers)
+    rng = np.random.default_rng(7)
+    offered = [(-128, -128), (127, -128), (-128, 127), (0, 5)] + [
+        tuple(int(v) for v in rng.integers(-128, 128, 2)) for _ in range(40)]
+    enables = [1, 1, 0, 1] + [int(v) for v in rng.integers(0, 2, 40)]
+    seen = []
+
+    async def bench(ctx):
+        for (x, y), e in zip(offered, enables):
+            ctx.set(a, x)
+            ctx.set(b, y)
+            ctx.set(ce, e)
+            await ctx.tick()
+            seen.append(ctx.get(p))
+
+    run_simulation(dut, bench, name="dsp_product")
+    # Reference: registers that load on enabled cycles, read after each edge.
+    operands, product = (0, 0), 0
+    expected = []
+    for (x, y), e in zip(offered, enables):
+        if e:
+            if input_registers:
+                product, operands = operands[0] * operands[1], (x, y)
+            else:
+                product = x * y
+        expected.append(product)
+    assert seen == expected
+    assert made == ["MULT18X18D"]
