@@ -66,7 +66,8 @@ class ProcessingElement(wiring.Component):
         and, with 2 stages, whose input registers are the operand registers; the route into the
         DSP then ends at a register, wherever the placer puts the PE's fabric logic. None of
         them is reset with the unit (a product only reaches a result with the partial sums of
-        its own vector). For synthesis only: the simulators run ``sim.ecp5``'s model instead.
+        its own vector). For synthesis: the simulators cannot run the instance (the tests swap
+        in ``sim.ecp5``'s model of it).
     """
 
     def __init__(self, *, psum_width=32, product_stages=0, ecp5_dsp=False):
