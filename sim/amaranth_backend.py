@@ -15,7 +15,7 @@ from .axi_mem import AXI4Memory
 from .axil import axil_read, axil_write
 from .backend import CoreResult, NPUTimeout, RunResult, TimedMemoryBackend, check_run_arguments
 
-__all__ = ["AmaranthBackend"]
+__all__ = ["AmaranthBackend", "configure_core", "read_core"]
 
 #: How often (in simulated cycles) a progress callback is told how far the run is.
 PROGRESS_CYCLES = 2000
@@ -42,10 +42,8 @@ class AmaranthBackend(TimedMemoryBackend):
             bus = dut.csr
             all_bits = (1 << n) - 1
             await axil_write(ctx, bus, RegisterMap.IRQ_ENABLE, all_bits)
-            for i, (prog, (base, limit)) in enumerate(zip(programs, windows)):
-                await axil_write(ctx, bus, RegisterMap.core(i, RegisterMap.PROG_ADDR), prog)
-                await axil_write(ctx, bus, RegisterMap.core(i, RegisterMap.WIN_BASE), base)
-                await axil_write(ctx, bus, RegisterMap.core(i, RegisterMap.WIN_LIMIT), limit)
+            for i, (prog, window) in enumerate(zip(programs, windows)):
+                await configure_core(ctx, bus, i, prog, window)
             for i in range(n):
                 await axil_write(ctx, bus, RegisterMap.core(i, RegisterMap.CTRL), 1)
             finished = 0
@@ -58,7 +56,7 @@ class AmaranthBackend(TimedMemoryBackend):
                 status, _ = await axil_read(ctx, bus, RegisterMap.IRQ_STATUS)
                 finished |= status
                 await axil_write(ctx, bus, RegisterMap.IRQ_STATUS, status)
-            out["cores"] = [await _read_core(ctx, bus, i) for i in range(n)]
+            out["cores"] = [await read_core(ctx, bus, i) for i in range(n)]
 
         async def watchdog(ctx):
             # A background process: it does not keep the simulation alive, but if the budget
@@ -100,7 +98,15 @@ def _snapshot(state, error, pc, counters):
                 counters={name: int(getattr(counters, name)) for name in COUNTERS})
 
 
-async def _read_core(ctx, bus, i):
+async def configure_core(ctx, bus, i, prog, window):
+    """Write core ``i``'s program address and its ``(base, limit)`` window over AXI4-Lite."""
+    for reg, value in ((RegisterMap.PROG_ADDR, prog), (RegisterMap.WIN_BASE, window[0]),
+                       (RegisterMap.WIN_LIMIT, window[1])):
+        await axil_write(ctx, bus, RegisterMap.core(i, reg), value)
+
+
+async def read_core(ctx, bus, i):
+    """Core ``i``'s state, error, pc and counters, read over AXI4-Lite."""
     status, _ = await axil_read(ctx, bus, RegisterMap.core(i, RegisterMap.STATUS))
     pc, _ = await axil_read(ctx, bus, RegisterMap.core(i, RegisterMap.PC))
     counters = {}

@@ -10,13 +10,13 @@ from npu.firmware.asm import Program, decode
 from npu.firmware.device import build_gemm_image
 from npu.firmware.quant import requantize
 from npu.rtl.config import NPUConfig
-from npu.rtl.control import COUNTERS, RegisterMap
+from npu.rtl.control import RegisterMap
 from npu.rtl.isa import CoreState, ErrorCode, Opcode
 from npu.rtl.top import NPU
-from npu.sim.amaranth_backend import AmaranthBackend
+from npu.sim.amaranth_backend import AmaranthBackend, configure_core, read_core
 from npu.sim.amaranth_sim import run_simulation
 from npu.sim.axi_mem import AXI4Memory
-from npu.sim.axil import axil_read, axil_write
+from npu.sim.axil import axil_write
 from npu.sim.backend import NPUTimeout
 from npu.sim.golden_backend import GoldenBackend
 from npu.synth.boards import board_config
@@ -621,19 +621,14 @@ def _run_one_core_twice(config, first, second, starts):
         await axil_write(ctx, bus, RegisterMap.IRQ_ENABLE, 1)
         for start, image in zip(starts, (first, second)):
             mem.mem[:] = image
-            for reg, value in ((RegisterMap.PROG_ADDR, start), (RegisterMap.WIN_BASE, 0),
-                               (RegisterMap.WIN_LIMIT, len(image))):
-                await axil_write(ctx, bus, RegisterMap.core(0, reg), value)
+            await configure_core(ctx, bus, 0, start, (0, len(image)))
             await axil_write(ctx, bus, RegisterMap.core(0, RegisterMap.CTRL), 1)
             while not ctx.get(dut.irq):
                 await ctx.changed(dut.irq)
             await ctx.tick()
             await axil_write(ctx, bus, RegisterMap.IRQ_STATUS, 1)
-            status, _ = await axil_read(ctx, bus, RegisterMap.core(0, RegisterMap.STATUS))
-            counters = {}
-            for name in COUNTERS:
-                counters[name], _ = await axil_read(ctx, bus, RegisterMap.counter(0, name))
-            runs.append((CoreState(status & 3), counters))
+            core = await read_core(ctx, bus, 0)
+            runs.append((core["state"], core["counters"]))
 
     run_simulation(dut, host, processes=[mem.process], name="restart", deadline_cycles=40000)
     assert len(runs) == 2, "the runs did not finish within the simulation's deadline"
