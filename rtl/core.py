@@ -22,7 +22,8 @@ from .isa import (
     Opcode,
     param_slot_bytes,
 )
-from .units import ExecuteUnit, FetchUnit, LoadUnit, ParamWords, StoreUnit, stage_if
+from .stage import stage_if, staged
+from .units import ExecuteUnit, FetchUnit, LoadUnit, ParamWords, StoreUnit
 
 __all__ = ["NPUCore", "AXI_ID_FETCH", "AXI_ID_LOAD"]
 
@@ -172,6 +173,13 @@ class NPUCore(wiring.Component):
                 "s2e": store.tokens.push[0]}
         decs = {"l2e": execute.tokens.pop[0], "e2l": load.tokens.pop[1],
                 "e2s": store.tokens.pop[0], "s2e": execute.tokens.pop[1]}
+        if cfg.retime:
+            # A push reaches its semaphore a cycle late, from a register (a load's push comes
+            # from its last read beat, through the read channel's routing): the unit that
+            # waits for it waits a cycle longer, which is always safe. Pops stay immediate,
+            # so a token is never taken twice.
+            incs = staged(m, True, "push", reset=tuple(incs),
+                          **{name: Mux(restart, 0, inc) for name, inc in incs.items()})
         for name, sem in sems.items():
             with m.If(restart):
                 m.d.sync += sem.eq(0)

@@ -106,6 +106,12 @@ def _tree_sum(values):
     return values[0]
 
 
+def _sums_of_four(values):
+    """Sums of ``values`` four at a time (the last group may be smaller): one level of a sum
+    tree that is registered every two adds."""
+    return [_tree_sum(values[i:i + 4]) for i in range(0, len(values), 4)]
+
+
 def _sub_blocks_used(indices, groups, rows):
     """Bit g: some gather index lies in sub-block g (bytes ``g * rows`` to ``(g + 1) * rows``);
     0xFF, an empty row, lies in none."""
@@ -638,6 +644,8 @@ class ExecuteUnit(wiring.Component):
         # Banks that vectors in the read stage (retimed: and in the line stage) use before the
         # array sees them.
         pre_array = Signal(2)
+        g1_valid = Signal()       # the gather's first stage (see g1 below)
+        g1_bank = Signal()
         busy = Signal(2)
         if cfg.retime:
             # The array's busy bits (an OR over its whole length) a cycle late, with what
@@ -666,12 +674,18 @@ class ExecuteUnit(wiring.Component):
             with m.If(w_left != 0):
                 m.d.sync += [w_left.eq(w_left - 1), w_addr.eq(w_addr + 1), w_row.eq(w_row + 1)]
         # Zero weights per row, for the gated-MAC count. Retimed, counted from the row as
-        # registered a cycle after it is taken (not from the RAM's output): the first vector
-        # that uses the bank is counted three cycles after its MATMUL starts at the earliest.
+        # registered a cycle after it is taken (not from the RAM's output), four columns at
+        # a time, registered again, then summed: a row's count is written three cycles after
+        # the row is taken, while the first vector that uses the bank enters the array five
+        # cycles after the last row at the earliest (the metadata line, the gather indices,
+        # the sub-blocks they use, then the issue, line and gather stages).
         zw = staged(m, cfg.retime, "zw", reset=("taken",), line=self.sp_w.data, taken=w_taken,
                     bank=w_bank, row=w_s1_row)
+        zw = staged(m, cfg.retime and C > 4, "zc", reset=("taken",),
+                    counts=_sums_of_four([zw["line"][j] == 0 for j in range(C)]),
+                    taken=zw["taken"], bank=zw["bank"], row=zw["row"])
         zeros_in_row = Signal(range(C + 1))
-        m.d.comb += zeros_in_row.eq(_tree_sum([zw["line"][j] == 0 for j in range(C)]))
+        m.d.comb += zeros_in_row.eq(_tree_sum(zw["counts"]))
         for b in range(2):
             with m.If(zw["taken"] & (zw["bank"] == b) & (zw["row"] < R)):
                 with m.Switch(zw["row"]):
@@ -780,10 +794,19 @@ class ExecuteUnit(wiring.Component):
         rd = staged(m, cfg.retime, "rd", reset=("valid",), valid=s1, bank=s1_bank,
                     tag=s1_tag, push_prev=s1_push_prev, gather=s1_gather, line=self.sp_a.data,
                     **late)
+        # Retimed, a gather from more than 16 bytes is two stages (g1): each lane first picks
+        # one byte from every group of `span` bytes by its index's low bits, registered, then
+        # one of those groups by the high bits (a 64-byte gather: two 8:1 selects, not one
+        # 64:1 select, 6 levels of logic with 512 data inputs per lane).
+        n = min(GR, L)
+        split = cfg.retime and n > 16
+        span = 1 << (ceil_log2(n) // 2) if split else n
         if cfg.retime:
-            # Banks the read and line stages use before the array sees them.
+            # Banks the read and line stages (and the gather's first) use before the array
+            # sees them.
             m.d.comb += pre_array.eq(Mux(s1, 1 << s1_bank, 0)
-                                     | Mux(rd["valid"], 1 << rd["bank"], 0))
+                                     | Mux(rd["valid"], 1 << rd["bank"], 0)
+                                     | (Mux(g1_valid, 1 << g1_bank, 0) if split else 0))
         # With late_skip, the line stage drops a line whose gathered sub-blocks its flags
         # (read with it) show all zero, unless it is the last of a MATMUL that pushes.
         rd_skip = Const(0, 1)
@@ -793,19 +816,37 @@ class ExecuteUnit(wiring.Component):
                                    & ((rd["flags"] & rd["used"]) == rd["used"])
                                    & ~rd["tag"].push_next & ~rd["push_prev"])
             m.d.sync += self.skipped.eq(rd_skip)
-        lanes = []
-        for i in range(R):
-            lane = Signal(signed(8), name=f"lane{i}")
-            with m.Switch(rd["gather"][i]):
-                for b in range(min(GR, L)):
+
+        def select(index, byte, count, name):
+            # Byte `byte(b)` of `count` by `index`; 0 for an index past them (0xFF, the
+            # index of an empty row).
+            out = Signal(signed(8), name=name)
+            with m.Switch(index):
+                for b in range(count):
                     with m.Case(b):
-                        m.d.comb += lane.eq(rd["line"][b])
-            lanes.append(lane)
+                        m.d.comb += out.eq(byte(b))
+            return out
+
+        g1 = {"valid": rd["valid"] & ~rd_skip, "bank": rd["bank"], "tag": rd["tag"],
+              "push_prev": rd["valid"] & rd["push_prev"]}
+        if split:
+            groups, low = -(-n // span), ceil_log2(span)
+            picks = [select(rd["gather"][i][:low], lambda b, h=h: rd["line"][h * span + b],
+                            min(span, n - h * span), f"pick{i}_{h}")
+                     for i in range(R) for h in range(groups)]
+            g1 = staged(m, True, "g1", reset=("valid", "push_prev"), **g1, picks=picks,
+                        high=[rd["gather"][i][low:] for i in range(R)])
+            m.d.comb += [g1_valid.eq(g1["valid"]), g1_bank.eq(g1["bank"])]
+            lanes = [select(g1["high"][i], lambda h, i=i: g1["picks"][i * groups + h], groups,
+                            f"lane{i}") for i in range(R)]
+        else:
+            lanes = [select(rd["gather"][i], lambda b: rd["line"][b], n, f"lane{i}")
+                     for i in range(R)]
         # Retimed, the gathered vector is registered (stage s2) before the array; the array
         # never stalls its input (its output is always taken), so s2 always advances.
         offered = staged(m, cfg.retime, "s2", reset=("valid", "push_prev"),
-                         valid=rd["valid"] & ~rd_skip, bank=rd["bank"], tag=rd["tag"],
-                         push_prev=rd["valid"] & rd["push_prev"], lanes=lanes)
+                         valid=g1["valid"], bank=g1["bank"], tag=g1["tag"],
+                         push_prev=g1["push_prev"], lanes=lanes)
         m.d.comb += [
             array.a.valid.eq(offered["valid"]),
             array.a.p.bank.eq(offered["bank"]),
@@ -817,15 +858,22 @@ class ExecuteUnit(wiring.Component):
                                    Mux(offered["bank"], wzero[1][i], wzero[0][i])), 0)
                  for i in range(R)]
         if cfg.retime:
-            # Counted two cycles late (the counters only need the totals): the per-lane
-            # counts are registered, then their sum.
+            # Counted late (the counters only need the totals): the per-lane counts are
+            # registered, then (more than four lanes) their sums four lanes at a time, then
+            # the total: two or three cycles.
             registered = [Signal(range(C + 1), name=f"gated_lane{i}") for i in range(R)]
             m.d.sync += [reg.eq(term) for reg, term in zip(registered, terms)]
+            if R > 4:
+                partial = [Signal(range(4 * C + 1), name=f"gated_four{i}")
+                           for i in range((R + 3) // 4)]
+                m.d.sync += [reg.eq(value)
+                             for reg, value in zip(partial, _sums_of_four(registered))]
+                registered = partial
             m.d.sync += self.gated.eq(_tree_sum(registered))
         else:
             m.d.comb += self.gated.eq(_tree_sum(terms))
         a_busy = Signal()
-        m.d.comb += a_busy.eq((a_left != 0) | s1 | rd["valid"] | offered["valid"])
+        m.d.comb += a_busy.eq((a_left != 0) | s1 | rd["valid"] | g1_valid | offered["valid"])
 
         # Write-back: read the row at the array's output, add, write one cycle later.
         # Retimed, the row read is registered first and the add made a cycle later (the

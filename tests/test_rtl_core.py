@@ -66,12 +66,16 @@ def test_requantised_gemm_matches_the_tflite_rule():
 
 
 @pytest.mark.parametrize("raw", [True, False])
-def test_retimed_cores_match_numpy_golden_and_the_plain_build_but_take_longer(raw):
+@pytest.mark.parametrize("rows, cols, cores", [(4, 4, 2), (8, 8, 1)])
+def test_retimed_cores_match_numpy_golden_and_the_plain_build_but_take_longer(
+        raw, rows, cols, cores):
     # The FPGA register stages (requantiser, gather stage, PE product registers) change only
-    # the timing: the same program gives the same memory and counters, in more cycles.
+    # the timing: the same program gives the same memory and counters, in more cycles. (An
+    # 8x8 array sums its zero-operand counts in registered groups of four lanes.)
     rng = np.random.default_rng(17)
     a, b = random_int8(rng, (21, 40)), random_int8(rng, (40, 11))
     a[3:9] = 0                      # whole zero vectors: skipped passes
+    b[rng.random(b.shape) < 0.3] = 0   # zero weights: gated MACs counted per row
     params = {"bias": rng.integers(-5000, 5000, 11),
               "multiplier": rng.integers(1 << 28, 1 << 31, 11),
               "shift": rng.integers(-9, 2, 11), "zero_point": 3, "act_min": -128, "act_max": 127}
@@ -79,7 +83,7 @@ def test_retimed_cores_match_numpy_golden_and_the_plain_build_but_take_longer(ra
     # Plain; retimed; retimed with a one-line zero lookahead (the skip decided a stage later).
     for build, options in enumerate(({}, {"retime": True},
                                      {"retime": True, "zero_lookahead": 1})):
-        config = NPUConfig(rows=4, cols=4, cores=2, **options)
+        config = NPUConfig(rows=rows, cols=cols, cores=cores, **options)
         image = build_gemm_image(config, a, b, raw=raw, params=None if raw else params)
         hw, gold = run_both(config, image)
         np.testing.assert_array_equal(hw.memory, gold.memory)
