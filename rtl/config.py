@@ -95,7 +95,7 @@ class NPUConfig:
     retime : bool
         Extra register stages for FPGA clock rates: among them an 11-stage requantiser (not
         5), the scratchpad line registered before the gather and the gathered vector
-        before the array, each processing
+        before the array (a gather from more than 16 bytes in two stages), each processing
         element's operands and then its product registered before the add (array latency
         ``R + C + 1``), registered
         DMA burst lengths and a longer accumulator write-back (docs/architecture.md lists
