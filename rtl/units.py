@@ -107,8 +107,8 @@ def _tree_sum(values):
 
 
 def _sums_of_four(values):
-    """Sums of ``values`` four at a time (the last group may be smaller): one level of a sum
-    tree that is registered every two adds."""
+    """Sums of ``values`` four at a time (the last group may be smaller): two adds deep, one
+    level of a sum tree that is registered between levels."""
     return [_tree_sum(values[i:i + 4]) for i in range(0, len(values), 4)]
 
 
@@ -676,8 +676,8 @@ class ExecuteUnit(wiring.Component):
         # Zero weights per row, for the gated-MAC count. Retimed, counted from the row as
         # registered a cycle after it is taken (not from the RAM's output), four columns at
         # a time, registered again, then summed: a row's count is written three cycles after
-        # the row is taken, while the first vector that uses the bank enters the array five
-        # cycles after the last row at the earliest (the metadata line, the gather indices,
+        # the row is taken, before the first vector that uses the bank can enter the array
+        # (that waits for the metadata line after the last row, the gather indices it writes,
         # the sub-blocks they use, then the issue, line and gather stages).
         zw = staged(m, cfg.retime, "zw", reset=("taken",), line=self.sp_w.data, taken=w_taken,
                     bank=w_bank, row=w_s1_row)

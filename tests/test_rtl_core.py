@@ -71,7 +71,8 @@ def test_retimed_cores_match_numpy_golden_and_the_plain_build_but_take_longer(
         raw, rows, cols, cores):
     # The FPGA register stages (requantiser, gather stage, PE product registers) change only
     # the timing: the same program gives the same memory and counters, in more cycles. (An
-    # 8x8 array sums its zero-operand counts in registered groups of four lanes.)
+    # 8x8 array gathers from 32 bytes in two stages and sums its zero-operand counts in
+    # registered groups of four lanes.)
     rng = np.random.default_rng(17)
     a, b = random_int8(rng, (21, 40)), random_int8(rng, (40, 11))
     a[3:9] = 0                      # whole zero vectors: skipped passes
