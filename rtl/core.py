@@ -13,6 +13,7 @@ from amaranth.utils import exact_log2
 from .bus import BURST_INCR, AXI4Signature
 from .config import NPUConfig
 from .control import CoreControlSignature
+from .ecp5 import DSP_SPAN, registered_multiply
 from .isa import (
     INSTR_BITS,
     INSTR_BYTES,
@@ -275,6 +276,9 @@ class NPUCore(wiring.Component):
             m.d.sync += bus_error.eq(1)
 
         check = _Checker(m, cfg, ins, win_base, win_limit)
+        fetched = Signal()      # FETCH takes an instruction into `ins`
+        check.fetch(m, data.View(Instruction, fetch.o.payload.instr), cfg, fetched,
+                    dsp=cfg.retime and getattr(platform, DSP_SPAN, False))
 
         barrier_wait = Signal()
         m.d.comb += self.ctrl.barrier_arrived.eq(barrier_wait)
@@ -303,8 +307,8 @@ class NPUCore(wiring.Component):
                 with m.Elif(bus_error):
                     fail(ErrorCode.BUS_ERROR)
                 with m.Elif(fetch.o.valid & ~unit_reset):
-                    m.d.sync += [ins.eq(fetch.o.payload.instr), fault.eq(fetch.o.payload.fault),
-                                 check.fetch(data.View(Instruction, fetch.o.payload.instr), cfg)]
+                    m.d.comb += fetched.eq(1)
+                    m.d.sync += [ins.eq(fetch.o.payload.instr), fault.eq(fetch.o.payload.fault)]
                     m.next = "DECODE"
             with m.State("DECODE"):
                 # The extents are registered here and compared in CHECK.
@@ -409,7 +413,7 @@ class _Checker:
     """The dispatch-time checks of one instruction (see ErrorCode and isa.FIELD_LIMITS).
 
     The rows x stride product is registered as the instruction is fetched
-    (``fetch()``); the extents and the field, opcode and alignment checks in DECODE
+    (``fetch()``, on an ECP5 in a DSP); the extents and the field, opcode and alignment checks in DECODE
     (``register()``); the window comparisons and the verdict in CHECK, from those registers.
     """
 
@@ -536,11 +540,19 @@ class _Checker:
         stride = Mux(is_store, ins.body.store.stride, ins.body.load.stride)
         return rows[:min(len(rows), max(cfg.sp_lines, cfg.acc_rows).bit_length())], stride
 
-    def fetch(self, instr, cfg):
-        """Statements that register the last-row offset of ``instr`` (an :class:`Instruction`
-        value), the instruction that ``ins`` is loaded with in the same cycle."""
+    def fetch(self, m, instr, cfg, take, *, dsp=False):
+        """Register the rows x stride product of ``instr`` (an :class:`Instruction` value)
+        when ``take``, the cycle ``ins`` is loaded with it. With ``dsp``, and both factors
+        within 17 bits, the register is a MULT18X18D's output register (see
+        ``npu.rtl.ecp5.DSP_SPAN``), so that the multiplier's output is not routed to the
+        fabric within the cycle."""
         rows, stride = self._rows_stride(instr, cfg)
-        return self._span.eq(rows * stride[:self._sw])
+        stride = stride[:self._sw]
+        if dsp and len(rows) <= 17 and len(stride) <= 17:
+            m.submodules.span = registered_multiply(rows, stride, self._span, take)
+        else:
+            with m.If(take):
+                m.d.sync += self._span.eq(rows * stride)
 
     def register(self):
         return [self._end.eq(self._end_next), self._first_r.eq(self._first),

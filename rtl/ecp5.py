@@ -9,7 +9,7 @@ instance; ``npu.sim.ecp5.MULT18X18DModel`` stands in for it in the tests.
 from amaranth import ClockSignal, Const, Instance, Module, Signal, signed
 from amaranth.hdl import Shape, Value
 
-__all__ = ["DSP_PARTIAL_PRODUCTS", "DSP_PRODUCTS", "registered_multiply"]
+__all__ = ["DSP_PARTIAL_PRODUCTS", "DSP_PRODUCTS", "DSP_SPAN", "registered_multiply"]
 
 #: The platform attribute an ECP5 build sets to the number of PEs per array (the first ones in
 #: row-major order) whose multiply and product register are one MULT18X18D, the register being
@@ -20,6 +20,12 @@ DSP_PRODUCTS = "npu_dsp_products"
 #: partial products are MULT18X18Ds whose output registers are the stage-2 registers. Unset,
 #: the products are inferred (and an ECP5 build's DSPs then have no registers).
 DSP_PARTIAL_PRODUCTS = "npu_dsp_partial_products"
+
+#: The platform attribute an ECP5 build sets (true) so that a retimed core's dispatch takes
+#: the rows x stride product of a fetched instruction (the span its DMA window check needs)
+#: from a MULT18X18D's output register, when both factors fit 17 bits. Unset, or wider, the
+#: product is inferred and registered in the fabric.
+DSP_SPAN = "npu_dsp_span"
 
 
 def registered_multiply(a, b, p, ce, *, input_registers=False):

@@ -644,8 +644,6 @@ class ExecuteUnit(wiring.Component):
         # Banks that vectors in the read stage (retimed: and in the line stage) use before the
         # array sees them.
         pre_array = Signal(2)
-        g1_valid = Signal()       # the gather's first stage (see g1 below)
-        g1_bank = Signal()
         busy = Signal(2)
         if cfg.retime:
             # The array's busy bits (an OR over its whole length) a cycle late, with what
@@ -801,12 +799,6 @@ class ExecuteUnit(wiring.Component):
         n = min(GR, L)
         split = cfg.retime and n > 16
         span = 1 << (ceil_log2(n) // 2) if split else n
-        if cfg.retime:
-            # Banks the read and line stages (and the gather's first) use before the array
-            # sees them.
-            m.d.comb += pre_array.eq(Mux(s1, 1 << s1_bank, 0)
-                                     | Mux(rd["valid"], 1 << rd["bank"], 0)
-                                     | (Mux(g1_valid, 1 << g1_bank, 0) if split else 0))
         # With late_skip, the line stage drops a line whose gathered sub-blocks its flags
         # (read with it) show all zero, unless it is the last of a MATMUL that pushes.
         rd_skip = Const(0, 1)
@@ -836,12 +828,17 @@ class ExecuteUnit(wiring.Component):
                      for i in range(R) for h in range(groups)]
             g1 = staged(m, True, "g1", reset=("valid", "push_prev"), **g1, picks=picks,
                         high=[rd["gather"][i][low:] for i in range(R)])
-            m.d.comb += [g1_valid.eq(g1["valid"]), g1_bank.eq(g1["bank"])]
             lanes = [select(g1["high"][i], lambda h, i=i: g1["picks"][i * groups + h], groups,
                             f"lane{i}") for i in range(R)]
         else:
             lanes = [select(rd["gather"][i], lambda b: rd["line"][b], n, f"lane{i}")
                      for i in range(R)]
+        if cfg.retime:
+            # Banks the read and line stages (and the gather's first) use before the array
+            # sees them.
+            m.d.comb += pre_array.eq(Mux(s1, 1 << s1_bank, 0)
+                                     | Mux(rd["valid"], 1 << rd["bank"], 0)
+                                     | (Mux(g1["valid"], 1 << g1["bank"], 0) if split else 0))
         # Retimed, the gathered vector is registered (stage s2) before the array; the array
         # never stalls its input (its output is always taken), so s2 always advances.
         offered = staged(m, cfg.retime, "s2", reset=("valid", "push_prev"),
@@ -861,19 +858,15 @@ class ExecuteUnit(wiring.Component):
             # Counted late (the counters only need the totals): the per-lane counts are
             # registered, then (more than four lanes) their sums four lanes at a time, then
             # the total: two or three cycles.
-            registered = [Signal(range(C + 1), name=f"gated_lane{i}") for i in range(R)]
-            m.d.sync += [reg.eq(term) for reg, term in zip(registered, terms)]
-            if R > 4:
-                partial = [Signal(range(4 * C + 1), name=f"gated_four{i}")
-                           for i in range((R + 3) // 4)]
-                m.d.sync += [reg.eq(value)
-                             for reg, value in zip(partial, _sums_of_four(registered))]
-                registered = partial
-            m.d.sync += self.gated.eq(_tree_sum(registered))
+            counts = staged(m, True, "gated_lane", reset=("counts",), counts=terms)["counts"]
+            counts = staged(m, R > 4, "gated_four", reset=("counts",),
+                            counts=_sums_of_four(counts))["counts"]
+            m.d.sync += self.gated.eq(_tree_sum(counts))
         else:
             m.d.comb += self.gated.eq(_tree_sum(terms))
         a_busy = Signal()
-        m.d.comb += a_busy.eq((a_left != 0) | s1 | rd["valid"] | g1_valid | offered["valid"])
+        m.d.comb += a_busy.eq((a_left != 0) | s1 | rd["valid"] | (g1["valid"] if split else 0)
+                              | offered["valid"])
 
         # Write-back: read the row at the array's output, add, write one cycle later.
         # Retimed, the row read is registered first and the add made a cycle later (the
@@ -1026,9 +1019,10 @@ class StoreUnit(wiring.Component):
         outstanding_b = Signal(16)
 
         # Accumulator read stage. Retimed (with a requantiser that never stalls), the row
-        # read is registered before the requantiser or the row queue, so the block RAM's
-        # clock-to-output and the bias add are not one path; the row credits leave room for
-        # it, so neither stage stalls.
+        # read is registered twice before the requantiser or the row queue: the block RAM's
+        # clock-to-output and the bias add are not one path, and neither are the
+        # clock-to-output and a route across the part (the first register can sit by the
+        # RAM). The row credits leave room for both, so no stage stalls.
         registered = cfg.retime and not cfg.requant_sequential
         s1 = Signal()
         s1_taken = Signal()
@@ -1037,8 +1031,9 @@ class StoreUnit(wiring.Component):
         else:
             m.d.comb += s1_taken.eq(s1 & Mux(st.raw, rowq.w_rdy, rq.i.ready))
         # The row offered to the requantiser or (raw) the row queue.
-        offered = staged(m, registered, "offer", reset=("valid",), valid=s1,
-                         row=self.acc_rd.data)
+        read = staged(m, registered, "read", reset=("valid",), valid=s1,
+                      row=self.acc_rd.data)
+        offered = staged(m, registered, "offer", reset=("valid",), **read)
         offer, row = offered["valid"], offered["row"]
         adv = Signal()
         m.d.comb += adv.eq(~s1 | s1_taken)

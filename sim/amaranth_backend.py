@@ -14,6 +14,7 @@ from .amaranth_sim import CLOCK_PERIOD, run_simulation
 from .axi_mem import AXI4Memory
 from .axil import axil_read, axil_write
 from .backend import CoreResult, NPUTimeout, RunResult, TimedMemoryBackend, check_run_arguments
+from .ecp5 import OnPlatform
 
 __all__ = ["AmaranthBackend", "configure_core", "read_core"]
 
@@ -24,9 +25,15 @@ PROGRESS_CYCLES = 2000
 class AmaranthBackend(TimedMemoryBackend):
     """Cycle-exact runs of ``NPU(config)`` in the Amaranth simulator
     (``AmaranthBackend(config, latency=8, bytes_per_cycle=8)``, see
-    :class:`~npu.sim.backend.TimedMemoryBackend`)."""
+    :class:`~npu.sim.backend.TimedMemoryBackend`). ``platform``, if given, is what the design
+    is elaborated for (an object with the attributes of ``npu.rtl.ecp5``, with the DSP
+    instances it asks for modelled: :func:`~npu.sim.ecp5.use_mult18x18d_model`)."""
 
     name = "amaranth"
+
+    def __init__(self, config, *, platform=None, **timing):
+        super().__init__(config, **timing)
+        self.platform = platform
 
     def run(self, memory, programs, windows=None, *, max_cycles=1_000_000, progress=None):
         """Run and return a RunResult; ``progress(cycles)`` is called every PROGRESS_CYCLES
@@ -77,7 +84,8 @@ class AmaranthBackend(TimedMemoryBackend):
 
         processes = [mem.process, watchdog] + ([reporter] if progress is not None else [])
         try:
-            run_simulation(dut, host, processes=processes, name="npu")
+            top = dut if self.platform is None else OnPlatform(dut, self.platform)
+            run_simulation(top, host, processes=processes, name="npu")
         except _BudgetExhausted as exc:
             raise NPUTimeout(max_cycles, exc.cores) from None
         cores = [CoreResult(state=c["state"], error=c["error"], pc=c["pc"],

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from npu.rtl.ecp5 import DSP_PARTIAL_PRODUCTS, DSP_PRODUCTS
+from npu.rtl.ecp5 import DSP_PARTIAL_PRODUCTS, DSP_PRODUCTS, DSP_SPAN
 
 from .boards import BOARDS, BoardTop, board_config
 from .report import (
@@ -110,11 +110,13 @@ def board_platform(board, config, pe_mult="auto"):
     (:func:`pe_dsp_count`) are DSP instances whose output register is the product register
     (see ``npu.rtl.ecp5.DSP_PRODUCTS``), the others' products are inferred; so are the
     requantisers' partial products, registered in their DSPs
-    (``npu.rtl.ecp5.DSP_PARTIAL_PRODUCTS``)."""
+    (``npu.rtl.ecp5.DSP_PARTIAL_PRODUCTS``), and each dispatch's rows x stride product
+    (``npu.rtl.ecp5.DSP_SPAN``, the one DSP per core the PE budget leaves)."""
     platform = BOARDS[board].platform()
     if BOARDS[board].family == "ecp5" and config.retime:
         setattr(platform, DSP_PRODUCTS, pe_dsp_count(board, config, pe_mult))
         setattr(platform, DSP_PARTIAL_PRODUCTS, True)
+        setattr(platform, DSP_SPAN, True)
     return platform
 
 

@@ -18,8 +18,10 @@ from npu.sim.amaranth_sim import run_simulation
 from npu.sim.axi_mem import AXI4Memory
 from npu.sim.axil import axil_write
 from npu.sim.backend import NPUTimeout
+from npu.sim.ecp5 import use_mult18x18d_model
 from npu.sim.golden_backend import GoldenBackend
 from npu.synth.boards import board_config
+from npu.synth.build import REQUANT_MULTS_PER_LANE, board_platform, pe_dsp_count
 
 
 def random_int8(rng, shape):
@@ -81,6 +83,7 @@ def test_retimed_cores_match_numpy_golden_and_the_plain_build_but_take_longer(
               "multiplier": rng.integers(1 << 28, 1 << 31, 11),
               "shift": rng.integers(-9, 2, 11), "zero_point": 3, "act_min": -128, "act_max": 127}
     runs = {}
+    timing = ("cycles", "stall_dependency", "stall_memory")
     # Plain; retimed; retimed with a one-line zero lookahead (the skip decided a stage later).
     for build, options in enumerate(({}, {"retime": True},
                                      {"retime": True, "zero_lookahead": 1})):
@@ -88,6 +91,12 @@ def test_retimed_cores_match_numpy_golden_and_the_plain_build_but_take_longer(
         image = build_gemm_image(config, a, b, raw=raw, params=None if raw else params)
         hw, gold = run_both(config, image)
         np.testing.assert_array_equal(hw.memory, gold.memory)
+        # The data counters (MACs, gated and skipped ones, passes skipped) as the numpy
+        # model counts them from the program and the data.
+        for core, model in zip(hw.cores, gold.cores):
+            for name, value in model.counters.items():
+                if name not in timing:
+                    assert core.counters[name] == value, (build, name)
         runs[build] = hw
     expected = a.astype(np.int64) @ b
     if not raw:
@@ -98,7 +107,7 @@ def test_retimed_cores_match_numpy_golden_and_the_plain_build_but_take_longer(
         for plain, retimed in zip(runs[0].cores, retimed_run.cores):
             assert retimed.state == CoreState.DONE
             for name, value in plain.counters.items():
-                if name not in ("cycles", "stall_dependency", "stall_memory"):
+                if name not in timing:
                     assert retimed.counters[name] == value, name
             assert retimed.counters["cycles"] > plain.counters["cycles"]
         assert sum(core.counters["passes_skipped"] for core in retimed_run.cores) > 0
@@ -413,6 +422,28 @@ BAD_PROGRAMS = {
 @pytest.mark.parametrize("retime", [False, True])
 @pytest.mark.parametrize("case", sorted(BAD_PROGRAMS))
 def test_bad_instruction_halts_its_core_only_and_writes_nothing_outside_its_window(case, retime):
+    check_bad_program(case, dataclasses.replace(CFG2, retime=retime))
+
+
+@pytest.mark.parametrize("case", ["load_outside_window", "store_outside_window",
+                                  "store_into_other_core", "misaligned_stride"])
+def test_ulx3s_build_with_its_dsps_modelled_checks_windows_and_computes_exactly(monkeypatch,
+                                                                                 case):
+    # The ULX3S build as the FPGA flow elaborates it, every DSP instance modelled: the PEs'
+    # products, the requantisers' partial products, and each dispatch's rows x stride product
+    # (its 16-bit address makes both factors fit a MULT18X18D), which the window check uses.
+    made = use_mult18x18d_model(monkeypatch)
+    config, _ = board_config("ulx3s-85f", cores=2, rows=4, cols=4)
+    check_bad_program(case, config, board_platform("ulx3s-85f", config))
+    lanes = config.requant_lanes or config.cols
+    assert len(made) == config.cores * (pe_dsp_count("ulx3s-85f", config) + 1
+                                        + REQUANT_MULTS_PER_LANE * lanes)
+
+
+def check_bad_program(case, config, platform=None):
+    """Core 0 runs a legal store then BAD_PROGRAMS[case], core 1 `good_program`: core 0 must
+    halt with the case's error and nothing, there or in core 1's window, be written but the
+    legal results."""
     emit, code = BAD_PROGRAMS[case]
     memory = np.zeros(0x10000, np.uint8)
     rng = np.random.default_rng(1)
@@ -426,9 +457,8 @@ def test_bad_instruction_halts_its_core_only_and_writes_nothing_outside_its_wind
     for base, prog in ((0x0, bad), (0x4000, good_program(0x4000))):
         words = np.frombuffer(prog.to_bytes(), np.uint8)
         memory[base:base + len(words)] = words
-    config = dataclasses.replace(CFG2, retime=retime)
-    hw = AmaranthBackend(config).run(memory, [0x0, 0x4000], [WINDOW0, WINDOW1],
-                                     max_cycles=20000)
+    hw = AmaranthBackend(config, platform=platform).run(memory, [0x0, 0x4000],
+                                                        [WINDOW0, WINDOW1], max_cycles=20000)
     c0, c1 = hw.cores
     assert (c0.state, c0.error, c0.pc) == (CoreState.ERROR, code, 16)
     assert c1.state == CoreState.DONE
@@ -440,7 +470,7 @@ def test_bad_instruction_halts_its_core_only_and_writes_nothing_outside_its_wind
     changed = np.flatnonzero(hw.memory != memory)
     assert set(changed) <= set(range(0x2000, 0x2010)) | set(range(0x6000, 0x6040))
     # The golden model agrees on how core 0 failed.
-    gold = GoldenBackend(CFG2).run(memory, [0x0, 0x4000], [WINDOW0, WINDOW1])
+    gold = GoldenBackend(config).run(memory, [0x0, 0x4000], [WINDOW0, WINDOW1])
     assert (gold.cores[0].state, gold.cores[0].error, gold.cores[0].pc) == (c0.state, c0.error,
                                                                             c0.pc)
 
