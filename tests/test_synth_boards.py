@@ -36,14 +36,15 @@ def test_board_top_elaborates_to_a_build_plan(board):
 def test_ecp5_products_on_dsps_are_registered_inside_the_dsp(pe_mult, instances):
     # The retimed ULX3S array: each PE product on a DSP is one MULT18X18D whose output
     # register is the PE's product register; Booth-encoded PEs keep an inferred product.
-    # Each requantiser lane's four partial products are MULT18X18Ds registered likewise.
+    # Each requantiser lane's four partial products are MULT18X18Ds registered likewise, and
+    # so is each core's dispatch rows x stride product.
     config, mem_bytes = board_config("ulx3s-85f", cores=1, rows=2, cols=2)
     assert config.retime and config.requant_lanes is None
     top = BoardTop("ulx3s-85f", config, mem_bytes=mem_bytes)
     plan = board_platform("ulx3s-85f", config, pe_mult).build(top, name="top",
                                                               do_build=False)
     rtlil = plan.files["top.il"]
-    instances += 4 * config.cols
+    instances += 4 * config.cols + config.cores
     assert rtlil.count("cell \\MULT18X18D") == instances
     assert rtlil.count('parameter \\REG_OUTPUT_CLK "CLK0"') == instances
 
