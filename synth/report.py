@@ -221,9 +221,9 @@ def _markdown(report):
               "| --- | ---: | ---: | --- | --- |"]
     for clock, c in report["clocks"].items():
         cp = c["critical_path"]
+        sources = f"; {', '.join(cp['sources'][:6])}" if cp and cp["sources"] else ""
         path = (f"`{cp['from']}` -> `{cp['to']}` ({cp['logic_ns']} ns logic, "
-                f"{cp['routing_ns']} ns routing; {', '.join(cp['sources'][:6])})"
-                if cp else "-")
+                f"{cp['routing_ns']} ns routing{sources})" if cp else "-")
         lines.append(f"| `{clock}` | {c['achieved_mhz']} | {c['constraint_mhz']} | "
                      f"{'pass' if c['pass'] else 'FAIL'} | {path} |")
     lines += ["", "Configuration: " + ", ".join(f"{k}={v}" for k, v in cfg.items()),

@@ -81,6 +81,11 @@ def test_report_says_fail_below_the_target_and_writes_json_and_markdown(tmp_path
     assert json.loads(json_path.read_text())["clocks"]["cd_sync.clk"]["pass"] is False
     md = md_path.read_text()
     assert "**FAIL**" in md and "| MULT18X18D" not in md and "| DSPs (MULT18X18D) | 96 | 156 |" in md
+    assert "4.5 ns routing; rtl/systolic.py:83) |" in md
+    # A path through no line of the project's sources names none.
+    report["clocks"]["cd_sync.clk"]["critical_path"]["sources"] = []
+    _, md_path = write_reports(report, tmp_path, "no_sources")
+    assert "4.5 ns routing) |" in md_path.read_text()
 
 
 def test_utilisation_of_a_design_that_does_not_fit_comes_from_the_log():
