@@ -412,8 +412,8 @@ class NPUCore(wiring.Component):
 class _Checker:
     """The dispatch-time checks of one instruction (see ErrorCode and isa.FIELD_LIMITS).
 
-    The rows x stride product is registered as the instruction is fetched
-    (``fetch()``, on an ECP5 in a DSP); the extents and the field, opcode and alignment checks in DECODE
+    The rows x stride product is registered as the instruction is fetched (``fetch()``; on
+    an ECP5, in a DSP); the extents and the field, opcode and alignment checks in DECODE
     (``register()``); the window comparisons and the verdict in CHECK, from those registers.
     """
 
