@@ -13,7 +13,7 @@ from amaranth.utils import exact_log2
 from .bus import BURST_INCR, AXI4Signature
 from .config import NPUConfig
 from .control import CoreControlSignature
-from .ecp5 import DSP_SPAN, registered_multiply
+from .ecp5 import DSP_SPAN, fits_dsp_input, registered_multiply
 from .isa import (
     INSTR_BITS,
     INSTR_BYTES,
@@ -543,12 +543,12 @@ class _Checker:
     def fetch(self, m, instr, cfg, take, *, dsp=False):
         """Register the rows x stride product of ``instr`` (an :class:`Instruction` value)
         when ``take``, the cycle ``ins`` is loaded with it. With ``dsp``, and both factors
-        within 17 bits, the register is a MULT18X18D's output register (see
+        fitting a DSP operand, the register is a MULT18X18D's output register (see
         ``npu.rtl.ecp5.DSP_SPAN``), so that the multiplier's output is not routed to the
         fabric within the cycle."""
         rows, stride = self._rows_stride(instr, cfg)
         stride = stride[:self._sw]
-        if dsp and len(rows) <= 17 and len(stride) <= 17:
+        if dsp and fits_dsp_input(rows) and fits_dsp_input(stride):
             m.submodules.span = registered_multiply(rows, stride, self._span, take)
         else:
             with m.If(take):

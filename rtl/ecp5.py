@@ -9,7 +9,8 @@ instance; ``npu.sim.ecp5.MULT18X18DModel`` stands in for it in the tests.
 from amaranth import ClockSignal, Const, Instance, Module, Signal, signed
 from amaranth.hdl import Shape, Value
 
-__all__ = ["DSP_PARTIAL_PRODUCTS", "DSP_PRODUCTS", "DSP_SPAN", "registered_multiply"]
+__all__ = ["DSP_PARTIAL_PRODUCTS", "DSP_PRODUCTS", "DSP_SPAN", "fits_dsp_input",
+           "registered_multiply"]
 
 #: The platform attribute an ECP5 build sets to the number of PEs per array (the first ones in
 #: row-major order) whose multiply and product register are one MULT18X18D, the register being
@@ -28,6 +29,13 @@ DSP_PARTIAL_PRODUCTS = "npu_dsp_partial_products"
 DSP_SPAN = "npu_dsp_span"
 
 
+def fits_dsp_input(value):
+    """Whether ``value`` fits a MULT18X18D's signed 18-bit operand (signed up to 18 bits,
+    unsigned up to 17)."""
+    shape = Shape.cast(Value.cast(value).shape())
+    return shape.width <= (18 if shape.signed else 17)
+
+
 def registered_multiply(a, b, p, ce, *, input_registers=False):
     """A MULT18X18D whose output register is ``p``: ``p <= a * b`` (its low ``len(p)`` bits)
     when ``ce``, on the ``sync`` clock; not reset. ``a`` and ``b`` must fit a signed 18-bit
@@ -36,9 +44,9 @@ def registered_multiply(a, b, p, ce, *, input_registers=False):
     product of the operands of two ``ce`` cycles before, and the route into the DSP ends at
     a register instead of passing through the multiplier."""
     for name, value in (("a", a), ("b", b)):
-        shape = Shape.cast(Value.cast(value).shape())
-        if shape.width > (18 if shape.signed else 17):
-            raise ValueError(f"Operand {name} ({shape}) does not fit a signed 18-bit DSP input")
+        if not fits_dsp_input(value):
+            raise ValueError(f"Operand {name} ({Value.cast(value).shape()}) does not fit a "
+                             f"signed 18-bit DSP input")
     if len(p) > 36:
         raise ValueError(f"A MULT18X18D product has 36 bits, not {len(p)}")
     ports = {"p_REG_OUTPUT_CLK": "CLK0", "p_REG_OUTPUT_CE": "CE0", "p_REG_OUTPUT_RST": "RST0",
