@@ -869,9 +869,11 @@ class ExecuteUnit(wiring.Component):
                               | offered["valid"])
 
         # Write-back: read the row at the array's output, add, write one cycle later.
-        # Retimed, the row read is registered first and the add made a cycle later (the
-        # block RAM's clock-to-output and the add are not one path); the row written the
-        # cycle before, which that read could not see yet, is forwarded.
+        # Retimed, the row read is registered twice and the add made a cycle after that: the
+        # first register can sit by the block RAM (its clock-to-output and the route to the
+        # adder are not one path). The two rows written meanwhile, which the read could not
+        # see yet, are forwarded: the older one into the second register, the newer one at
+        # the add (each compared a cycle ahead, so a forward costs one multiplexer).
         m.d.comb += [
             self.acc_rd.addr.eq(array.o.p.tag.addr),
             self.acc_rd.en.eq(array.o.valid),
@@ -879,18 +881,25 @@ class ExecuteUnit(wiring.Component):
         wb = staged(m, True, "wb", reset=("valid", "push_next"), valid=array.o.valid,
                     addr=array.o.p.tag.addr, accumulate=array.o.p.tag.accumulate,
                     push_next=array.o.valid & array.o.p.tag.push_next, data=array.o.p.data)
-        write = staged(m, cfg.retime, "wr", reset=("valid", "push_next"), **wb,
-                       row=self.acc_rd.data)
+        read = staged(m, cfg.retime, "rr", reset=("valid", "push_next"), **wb,
+                      row=self.acc_rd.data)
+        if cfg.retime:
+            # The row written the cycle before (acc_wr.data registered), and whether it is
+            # the row a stage reads: the write-back registers' addresses, compared a cycle
+            # before the forward is used.
+            last_row = Signal.like(wb["data"], reset_less=True)
+            older, newer = Signal(), Signal()
+            m.d.sync += last_row.eq(self.acc_wr.data)
+        read_row = [read["row"][j] for j in range(C)]
+        if cfg.retime:
+            read_row = [Mux(older, last_row[j], read_row[j]) for j in range(C)]
+        write = staged(m, cfg.retime, "wr", reset=("valid", "push_next"),
+                       **{k: v for k, v in read.items() if k != "row"}, row=read_row)
         row = [write["row"][j] for j in range(C)]
         if cfg.retime:
-            # The write of the cycle before, and whether it wrote the row being added to
-            # (compared a cycle ahead, from the registers that become the write's and the
-            # next write's addresses).
-            forward = Signal()
-            last_row = Signal.like(wb["data"], reset_less=True)
-            m.d.sync += [forward.eq(write["valid"] & (write["addr"] == wb["addr"])),
-                         last_row.eq(self.acc_wr.data)]
-            row = [Mux(forward, last_row[j], row[j]) for j in range(C)]
+            m.d.sync += [older.eq(write["valid"] & (write["addr"] == wb["addr"])),
+                         newer.eq(write["valid"] & (write["addr"] == read["addr"]))]
+            row = [Mux(newer, last_row[j], row[j]) for j in range(C)]
         m.d.comb += [
             self.acc_wr.addr.eq(write["addr"]),
             self.acc_wr.en.eq(write["valid"]),
@@ -901,7 +910,7 @@ class ExecuteUnit(wiring.Component):
         m.d.comb += self.late_push.eq(Cat(to_array & offered["push_prev"], write["push_next"]))
         drained = Signal()
         m.d.comb += drained.eq(~a_busy & (array.bank_busy == 0) & ~wb["valid"]
-                               & ~write["valid"])
+                               & ~read["valid"] & ~write["valid"])
 
         with m.FSM():
             with _TokenWait.take(m, self, ins, idle=~w_busy & drained):

@@ -127,38 +127,43 @@ def test_retimed_accumulation_into_the_same_rows_back_to_back_is_exact(m):
 
 
 @pytest.mark.parametrize("retime", [False, True])
-def test_matmul_streams_back_to_back_through_a_shared_accumulator_row(retime):
-    # Four-row MATMULs, each starting at the accumulator row the one before ends on: the next
-    # stream starts while the last vector of the one before issues, so the two vectors into
-    # that row enter the array in consecutive cycles, and the retimed write-back must forward
-    # the row it has just written (its read of the row cannot see that write yet).
+@pytest.mark.parametrize("rows, step", [(4, 3), (4, 2), (4, 1), (1, 0)],
+                         ids=["one-apart", "two-apart", "three-apart", "one-row-each"])
+def test_matmul_streams_back_to_back_through_a_shared_accumulator_row(retime, rows, step):
+    # Four MATMULs of `rows` rows, each starting `step` accumulator rows after the one before,
+    # so that they overlap: the next stream starts while the last vector of the one before
+    # issues, and the vectors into a shared row enter the array one, two or three cycles
+    # apart (one-row streams into one row: as often as the execute unit starts a stream).
+    # The retimed write-back reads a row before the two writes just ahead of it land and
+    # must forward them; three cycles apart the read sees the write itself.
     config = NPUConfig(rows=4, cols=4, cores=1, retime=retime)
     memory = np.zeros(0x4000, np.uint8)
     rng = np.random.default_rng(9)
     memory[0x1000:0x1200] = rng.integers(0, 256, 0x200, dtype=np.uint8)
     memory[0x1000:0x1008] = [0x80] * 4 + [0x7F] * 4          # the extremes
     memory[0x1180:0x1184] = [0, 1, 2, 3]                    # gather indices 0..3
-    streams = [(8, 0, False), (12, 3, True), (16, 6, True), (20, 9, True)]
+    streams = [(8 + 4 * n, 1 + step * n, n > 0) for n in range(4)]
+    out_rows = 1 + 3 * step + rows
     p = Program()
     p.load(0, 4, 4, 8, 0x1100)                              # weights
     p.load(4, 1, 4, 8, 0x1180)
     p.load(8, 16, 4, 8, 0x1000, deps=("push_next",))        # 16 activation lines
     p.loadw(0, deps=("pop_prev",))
     for n, (line, acc, accumulate) in enumerate(streams):
-        p.matmul(line, acc, 4, accumulate=accumulate,
+        p.matmul(line, acc, rows, accumulate=accumulate,
                  deps=("push_next",) if n == len(streams) - 1 else ())
-    p.store(0, 13, 4, 16, 0x2000, raw=True, deps=("pop_prev",))
+    p.store(0, out_rows, 4, 16, 0x2000, raw=True, deps=("pop_prev",))
     p.end()
     words = np.frombuffer(p.to_bytes(), np.uint8)
     memory[:len(words)] = words
     hw, gold = run_both(config, type("Image", (), {"memory": memory, "starts": [0]})())
     a = memory[0x1000:0x1080].view(np.int8).reshape(16, 8)[:, :4].astype(np.int64)
     w = memory[0x1100:0x1120].view(np.int8).reshape(4, 8)[:, :4].astype(np.int64)
-    expected = np.zeros((13, 4), np.int64)
+    expected = np.zeros((out_rows, 4), np.int64)
     for line, acc, accumulate in streams:
-        rows = a[line - 8:line - 4] @ w
-        expected[acc:acc + 4] = (expected[acc:acc + 4] if accumulate else 0) + rows
-    got = hw.memory[0x2000:0x2000 + 13 * 16].view("<i4").reshape(13, 4)
+        product = a[line - 8:line - 8 + rows] @ w
+        expected[acc:acc + rows] = (expected[acc:acc + rows] if accumulate else 0) + product
+    got = hw.memory[0x2000:0x2000 + out_rows * 16].view("<i4").reshape(out_rows, 4)
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_array_equal(hw.memory, gold.memory)
 
