@@ -467,11 +467,12 @@ class _Checker:
                            | ((stride[sw:] != 0) & (rows[1:] != 0) & strided
                               if sw < len(stride) else 0))
         # The product is taken from the fetched instruction and registered with it (see
-        # `fetch`), so that the multiplier and the adds below are not one path.
+        # `fetch`), so that the multiplier and the adds below are not one path. The end is
+        # (first + row extent) + (span - stride): the span (from the DSP, placed where the
+        # DSPs are) and the fields each pass two adders.
         self._span = Signal(len(rows) + sw)
         self._sw = sw
         offset = (self._span - stride[:sw])[:len(self._span)]
-        last_row = first[:aw] + Mux(strided, offset, 0)    # address of the last row
 
         with m.Switch(ins.op):
             with m.Case(Opcode.LOAD):
@@ -522,7 +523,7 @@ class _Checker:
         self.aligned = Signal()
 
         self._first = first[:aw]
-        self._end_next = last_row + row_extent
+        self._end_next = first[:aw] + row_extent + Mux(strided, offset, 0)
         self._end = Signal.like(self._end_next)
         self._far = far
         self._dma = dma

@@ -480,6 +480,51 @@ def check_bad_program(case, config, platform=None):
                                                                             c0.pc)
 
 
+@pytest.mark.parametrize("build", ["plain", "retimed", "ulx3s"])
+@pytest.mark.parametrize("op", ["load", "store"])
+@pytest.mark.parametrize("beyond", [False, True], ids=["at-limit", "a-beat-beyond"])
+def test_a_transfer_ending_at_the_window_limit_is_inside_and_a_beat_further_is_not(
+        monkeypatch, build, op, beyond):
+    # Two rows a long stride apart, the second ending exactly at the window's limit (inside)
+    # or one bus beat past it (a window error, nothing written): the window check's end is
+    # the first row's address + (rows - 1) x stride + the row's extent, to the byte. "ulx3s"
+    # is that board's build with its DSP instances modelled (the span is one of them).
+    if build == "ulx3s":
+        use_mult18x18d_model(monkeypatch)
+        config, _ = board_config("ulx3s-85f", cores=2, rows=4, cols=4)
+        platform = board_platform("ulx3s-85f", config)
+    else:
+        config, platform = dataclasses.replace(CFG2, retime=build == "retimed"), None
+    beat = config.bus_bytes
+    memory = np.zeros(0x10000, np.uint8)
+    memory[0x1000:0x4000] = 0xA5
+    first = 0x2000 + (beat if beyond else 0)
+    p = Program()
+    p.nop()
+    if op == "load":                       # one-beat rows
+        p.load(0, 2, beat, 0x4000 - beat - 0x2000, first)
+        written = []
+    else:                                  # raw int32 rows of 4 columns: 16 bytes
+        p.store(0, 2, 4, 0x4000 - 16 - 0x2000, first, raw=True)
+        written = [*range(first, first + 16), *range(0x3FF0 + (beat if beyond else 0), 0x4000)]
+    p.end()
+    words = np.frombuffer(p.to_bytes(), np.uint8)
+    memory[:len(words)] = words
+    hw = AmaranthBackend(config, platform=platform).run(memory, [0x0], [WINDOW0],
+                                                        max_cycles=20000)
+    gold = GoldenBackend(config).run(memory, [0x0], [WINDOW0])
+    core = hw.cores[0]
+    if beyond:
+        assert (core.state, core.error, core.pc) == (CoreState.ERROR, ErrorCode.DMA_WINDOW, 16)
+        np.testing.assert_array_equal(hw.memory, memory)
+    else:
+        assert core.state == CoreState.DONE
+        assert set(np.flatnonzero(hw.memory != memory)) == set(written)
+    assert (gold.cores[0].state, gold.cores[0].error, gold.cores[0].pc) == (
+        core.state, core.error, core.pc)
+    np.testing.assert_array_equal(hw.memory, gold.memory)
+
+
 @pytest.mark.parametrize("retime", [False, True])
 def test_fetch_past_the_window_is_a_window_error_not_a_read(retime):
     memory = np.zeros(0x10000, np.uint8)
