@@ -230,14 +230,17 @@ class SystolicArray(wiring.Component):
                     pe.w_data.eq(w_data[j]),
                 ]
 
-        # Input skew: lane i waits i cycles. Bubbles enter as zeros so idle PEs do not toggle.
+        # Input skew: lane i waits i cycles. Bubbles enter as zeros so idle PEs do not toggle;
+        # retimed, the lanes enter as offered (a bubble's products are dropped with its valid
+        # bit), so that the handshake, which a weight write can hold back, does not reach
+        # every lane's first register: on an FPGA a DSP's input register, anywhere on the die.
         taken = Signal()
         m.d.comb += taken.eq(self.a.valid & self.a.ready)
         for i in range(R):
             a = Signal(signed(8), name=f"skew_a{i}_0")
             bank = Signal(name=f"skew_b{i}_0")
             m.d.comb += [
-                a.eq(Mux(taken, self.a.p.data[i], 0)),
+                a.eq(self.a.p.data[i] if self.config.retime else Mux(taken, self.a.p.data[i], 0)),
                 bank.eq(self.a.p.bank),
             ]
             for d in range(i):
