@@ -277,7 +277,7 @@ class NPUCore(wiring.Component):
 
         check = _Checker(m, cfg, ins, win_base, win_limit)
         fetched = Signal()      # FETCH takes an instruction into `ins`
-        check.fetch(m, data.View(Instruction, fetch.o.payload.instr), cfg, fetched,
+        check.fetch(m, data.View(Instruction, fetch.o.payload.instr), fetched,
                     dsp=cfg.retime and getattr(platform, DSP_SPAN, False))
 
         barrier_wait = Signal()
@@ -418,7 +418,7 @@ class _Checker:
     """
 
     def __init__(self, m, cfg, ins, win_base, win_limit):
-        B = cfg.bus_bytes
+        self._cfg, B = cfg, cfg.bus_bytes
         low = exact_log2(B)
         op = ins.op.as_value()
         d = ins.deps
@@ -541,13 +541,13 @@ class _Checker:
         stride = Mux(is_store, ins.body.store.stride, ins.body.load.stride)
         return rows[:min(len(rows), max(cfg.sp_lines, cfg.acc_rows).bit_length())], stride
 
-    def fetch(self, m, instr, cfg, take, *, dsp=False):
+    def fetch(self, m, instr, take, *, dsp=False):
         """Register the rows x stride product of ``instr`` (an :class:`Instruction` value)
         when ``take``, the cycle ``ins`` is loaded with it. With ``dsp``, and both factors
         fitting a DSP operand, the register is a MULT18X18D's output register (see
         ``npu.rtl.ecp5.DSP_SPAN``), so that the multiplier's output is not routed to the
         fabric within the cycle."""
-        rows, stride = self._rows_stride(instr, cfg)
+        rows, stride = self._rows_stride(instr, self._cfg)
         stride = stride[:self._sw]
         if dsp and fits_dsp_input(rows) and fits_dsp_input(stride):
             m.submodules.span = registered_multiply(rows, stride, self._span, take)
