@@ -390,6 +390,27 @@ def test_barrier_orders_a_two_layer_program_across_cores():
     np.testing.assert_array_equal(hw.memory, gold.memory)
 
 
+@pytest.mark.parametrize("depth, cycles", [(4, 743), (16, 551)])
+def test_the_store_queue_depth_caps_a_requantised_stores_row_rate(depth, cycles):
+    # A STORE reads a row only while the row queue has room for it and for every row still
+    # in the requantiser: on the ULX3S build (retimed, an 11-stage requantiser behind two row
+    # read registers) its default depth of 4 leaves the pipeline mostly empty; 16 keeps it
+    # full. Same results, exact cycles (the figures docs/architecture.md quotes).
+    config, _ = board_config("ulx3s-85f", cores=1, rows=4, cols=4)
+    config = dataclasses.replace(config, store_queue_depth=depth)
+    rng = np.random.default_rng(1)
+    a, b = random_int8(rng, (64, 16)), random_int8(rng, (16, 4))
+    a[0, 0], b[0, 0] = -128, 127
+    params = dict(bias=rng.integers(-5000, 5000, 4), multiplier=np.full(4, 1 << 30),
+                  shift=np.full(4, -6), zero_point=0, act_min=-128, act_max=127)
+    image = build_gemm_image(config, a, b, raw=False, params=params)
+    hw = AmaranthBackend(config).run(image.memory, image.starts, max_cycles=20000)
+    expected = requantize(a.astype(np.int64) @ b, params["bias"], params["multiplier"],
+                          params["shift"], 0, -128, 127)
+    np.testing.assert_array_equal(image.read_output(hw.memory), expected)
+    assert hw.cycles == cycles
+
+
 # --- Bad programs --------------------------------------------------------------------------
 
 CFG2 = NPUConfig(rows=4, cols=4, cores=2)
