@@ -401,8 +401,8 @@ def test_the_store_queue_depth_caps_a_requantised_stores_row_rate(depth, cycles)
     rng = np.random.default_rng(1)
     a, b = random_int8(rng, (64, 16)), random_int8(rng, (16, 4))
     a[0, 0], b[0, 0] = -128, 127
-    params = dict(bias=rng.integers(-5000, 5000, 4), multiplier=np.full(4, 1 << 30),
-                  shift=np.full(4, -6), zero_point=0, act_min=-128, act_max=127)
+    params = {"bias": rng.integers(-5000, 5000, 4), "multiplier": np.full(4, 1 << 30),
+              "shift": np.full(4, -6), "zero_point": 0, "act_min": -128, "act_max": 127}
     image = build_gemm_image(config, a, b, raw=False, params=params)
     hw = AmaranthBackend(config).run(image.memory, image.starts, max_cycles=20000)
     expected = requantize(a.astype(np.int64) @ b, params["bias"], params["multiplier"],
