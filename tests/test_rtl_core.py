@@ -394,8 +394,8 @@ def test_barrier_orders_a_two_layer_program_across_cores():
 def test_the_store_queue_depth_caps_a_requantised_stores_row_rate(depth, cycles):
     # A STORE reads a row only while the row queue has room for it and for every row still
     # in the requantiser: on the ULX3S build (retimed, an 11-stage requantiser behind two row
-    # read registers) its default depth of 4 leaves the pipeline mostly empty; 16 keeps it
-    # full. Same results, exact cycles (the figures docs/architecture.md quotes).
+    # read registers) its default depth of 4 lets 4 rows at a time through that pipeline;
+    # 16 covers it. Same results, exact cycles (the figures docs/architecture.md quotes).
     config, _ = board_config("ulx3s-85f", cores=1, rows=4, cols=4)
     config = dataclasses.replace(config, store_queue_depth=depth)
     rng = np.random.default_rng(1)
@@ -539,7 +539,7 @@ def test_a_transfer_ending_at_the_window_limit_is_inside_and_a_beat_further_is_n
         written = []
     else:                                  # raw int32 rows of 4 columns: 16 bytes
         p.store(0, 2, 4, 0x4000 - 16 - 0x2000, first, raw=True)
-        written = [*range(first, first + 16), *range(0x3FF0 + (beat if beyond else 0), 0x4000)]
+        written = [*range(0x2000, 0x2010), *range(0x3FF0, 0x4000)]   # if inside
     p.end()
     words = np.frombuffer(p.to_bytes(), np.uint8)
     memory[:len(words)] = words
