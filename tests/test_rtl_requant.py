@@ -205,11 +205,17 @@ def test_dsp_partial_products_match_the_oracle_through_a_model_of_the_mult18x18d
         monkeypatch, rounding, stall):
     # The ECP5 build's retimed requantiser: its four partial products per lane are
     # MULT18X18Ds registered inside the DSP (simulated by a model of the primitive that checks
-    # their parameters and wiring), at the edge cases, with and without stalls.
+    # their parameters and wiring), at the edge cases, with and without stalls. Negative
+    # multipliers never come from the host, but the rule is defined for them, and only they
+    # make the multiplier's high half negative: the one operand whose SIGNEDB matters.
     made = use_mult18x18d_model(monkeypatch)
     platform = types.SimpleNamespace(**{DSP_PARTIAL_PRODUCTS: True})
     fields = [FULL, (0, 0, 127), (-3, -20, 20)]
-    beats = _beats(_edge_lanes(), fields) + _random_beats(seed=13, count=200)
+    rng = random.Random(14)
+    negative = [(rng.randint(INT32_MIN, INT32_MAX), 0, rng.randint(INT32_MIN, -1),
+                 rng.randint(-31, 30)) for _ in range(8 * LANES)]
+    beats = (_beats(_edge_lanes(), fields) + _beats(negative, fields)
+             + _random_beats(seed=13, count=200))
     _check(rounding, beats, retime=True, stall=stall, platform=platform,
            ready_prob=0.6 if stall else 1.0)
     assert made == ["MULT18X18D"] * 4 * LANES
