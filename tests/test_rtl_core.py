@@ -463,6 +463,14 @@ def test_bad_instruction_halts_its_core_only_and_writes_nothing_outside_its_wind
     check_bad_program(case, dataclasses.replace(CFG2, retime=retime))
 
 
+def ulx3s_with_dsps_modelled(monkeypatch):
+    """The ULX3S build of two 4x4 cores as the FPGA flow elaborates it, every DSP instance
+    replaced by the MULT18X18D model: (config, platform, the instances made)."""
+    made = use_mult18x18d_model(monkeypatch)
+    config, _ = board_config("ulx3s-85f", cores=2, rows=4, cols=4)
+    return config, board_platform("ulx3s-85f", config), made
+
+
 @pytest.mark.parametrize("case", ["load_outside_window", "store_outside_window",
                                   "store_into_other_core", "misaligned_stride"])
 def test_ulx3s_build_with_its_dsps_modelled_checks_windows_and_computes_exactly(monkeypatch,
@@ -470,9 +478,8 @@ def test_ulx3s_build_with_its_dsps_modelled_checks_windows_and_computes_exactly(
     # The ULX3S build as the FPGA flow elaborates it, every DSP instance modelled: the PEs'
     # products, the requantisers' partial products, and each dispatch's rows x stride product
     # (its 16-bit address makes both factors fit a MULT18X18D), which the window check uses.
-    made = use_mult18x18d_model(monkeypatch)
-    config, _ = board_config("ulx3s-85f", cores=2, rows=4, cols=4)
-    check_bad_program(case, config, board_platform("ulx3s-85f", config))
+    config, platform, made = ulx3s_with_dsps_modelled(monkeypatch)
+    check_bad_program(case, config, platform)
     lanes = config.requant_lanes or config.cols
     assert len(made) == config.cores * (pe_dsp_count("ulx3s-85f", config) + 1
                                         + REQUANT_MULTS_PER_LANE * lanes)
@@ -523,9 +530,7 @@ def test_a_transfer_ending_at_the_window_limit_is_inside_and_a_beat_further_is_n
     # the first row's address + (rows - 1) x stride + the row's extent, to the byte. "ulx3s"
     # is that board's build with its DSP instances modelled (the span is one of them).
     if build == "ulx3s":
-        use_mult18x18d_model(monkeypatch)
-        config, _ = board_config("ulx3s-85f", cores=2, rows=4, cols=4)
-        platform = board_platform("ulx3s-85f", config)
+        config, platform, _ = ulx3s_with_dsps_modelled(monkeypatch)
     else:
         config, platform = dataclasses.replace(CFG2, retime=build == "retimed"), None
     beat = config.bus_bytes
