@@ -10,7 +10,11 @@ starts with whatever the last one left in the data registers, and the tests rest
 purpose with data left in flight.
 """
 
-from amaranth import Signal
+from amaranth import Signal, Value
+
+#: The attribute that marks a replica (see ``replica``); the FPGA build's synthesis script
+#: keeps the registers that drive such signals from being merged.
+REPLICA_ATTR = "keep"
 
 
 def stage_if(m, registered, target, value):
@@ -46,3 +50,16 @@ def staged(m, registered, prefix, *, reset=(), **values):
                   if isinstance(value, (list, tuple))
                   else register(f"{prefix}_{key}", value, key not in reset))
             for key, value in values.items()}
+
+
+def replica(shape, *, name):
+    """A ``reset_less`` signal of ``shape`` (or shaped like a signal), for a register that
+    may equal others (the same value, registered from the same signal): synthesis keeps it
+    apart from its twins instead of merging them into one register, so that each copy is
+    placed by its own loads. Yosys merges equal flip-flops unless the cell is marked
+    ``keep``; Amaranth puts a signal's attributes on the wire, so the build moves the mark
+    from the wire to the flip-flop that drives it (``synth.build``). In simulation it is an
+    ordinary register."""
+    if isinstance(shape, Value):
+        return Signal.like(shape, name=name, reset_less=True, attrs={REPLICA_ATTR: 1})
+    return Signal(shape, name=name, reset_less=True, attrs={REPLICA_ATTR: 1})

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from npu.rtl.ecp5 import DSP_PARTIAL_PRODUCTS, DSP_PRODUCTS, DSP_SPAN
+from npu.rtl.stage import REPLICA_ATTR
 
 from .boards import BOARDS, BoardTop, board_config
 from .report import (
@@ -142,6 +143,11 @@ _NO_COLLISION = (
 )
 
 
+#: Registers that drive a replica (``rtl.stage.replica``, a wire marked ``keep``) are kept
+#: too, so that Yosys does not merge equal copies into one register with all their loads.
+_KEEP_REPLICAS = f"setattr -set keep 1 a:{REPLICA_ATTR} %ci1 t:$dff %i"
+
+
 def _overrides(board, config, pe_mult, seed, place_only=False, router=None):
     family = BOARDS[board].family
     booth = []
@@ -161,7 +167,7 @@ def _overrides(board, config, pe_mult, seed, place_only=False, router=None):
         if BOARDS[board].dsp_count - used < config.cores:
             booth += ["top.system.npu.core[0-9]"]
     script = [f"booth {' '.join(booth)}"] if booth else []
-    script.append(_NO_COLLISION)
+    script += [_NO_COLLISION, _KEEP_REPLICAS]
     if script:
         script = ["hierarchy -top top", "proc", *script]
     synth = []

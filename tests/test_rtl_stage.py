@@ -48,3 +48,14 @@ def test_a_reset_clears_only_the_registers_named_in_reset():
 def test_reset_must_name_values_of_the_stage():
     with pytest.raises(ValueError, match=r"reset names \['vald'\], which are not among"):
         staged(None, True, "st", reset=("vald",), valid=Signal(), data=Signal(8))
+
+
+def test_a_replica_is_a_reset_less_signal_marked_for_synthesis_to_keep():
+    from npu.rtl.stage import REPLICA_ATTR, replica
+
+    port = Signal(8, name="w_data")
+    copy = replica(port, name="w_data_reg")
+    bit = replica(1, name="newer0")
+    for sig, width in ((copy, 8), (bit, 1)):
+        assert len(sig) == width and sig.reset_less and sig.attrs == {REPLICA_ATTR: 1}
+    assert copy.name == "w_data_reg" and bit.name == "newer0"

@@ -181,3 +181,34 @@ def test_a_bad_configuration_on_the_command_line_is_a_usage_error(capsys):
         build_main(["--board", "ulx3s-85f", "--cols", "8", "--requant-lanes", "3"])
     assert info.value.code == 2
     assert "Requantiser lanes must divide the array columns (8), not 3" in capsys.readouterr().err
+
+
+@pytest.mark.synth
+def test_synthesis_keeps_replicas_apart(tmp_path):
+    """A retimed 2 x 2 array's replicas: PE(0, 1) and PE(1, 0) carry the same bank, each
+    column's PEs the same weight data, each row's the same write enable. Without the build's
+    keep line Yosys merges those registers; with it every PE keeps its four."""
+    import subprocess
+
+    from amaranth.back import rtlil
+
+    from npu.rtl.config import NPUConfig
+    from npu.rtl.systolic import SystolicArray
+    from npu.synth.build import _KEEP_REPLICAS
+
+    yosys = find_toolchain("ecp5")["YOSYS"]
+    if "YOSYS" in missing_tools("ecp5"):
+        pytest.skip("Yosys not found (make synth-setup)")
+    (tmp_path / "array.il").write_text(rtlil.convert(SystolicArray(NPUConfig(rows=2, cols=2,
+                                                                            retime=True))))
+
+    def replica_registers(keep):
+        script = ["read_rtlil array.il", "hierarchy -top top", "proc",
+                  *([_KEEP_REPLICAS] if keep else []), "flatten", "opt",
+                  "select -count a:keep %ci1 t:$*dff* %i"]
+        out = subprocess.run([yosys, "-p", "; ".join(script)], cwd=tmp_path, check=True,
+                             capture_output=True, text=True).stdout
+        return int(out.split("objects.")[0].split()[-1])
+
+    assert replica_registers(keep=True) == 4 * 4
+    assert replica_registers(keep=False) < 4 * 4
