@@ -23,7 +23,7 @@ from amaranth.utils import ceil_log2
 
 from .config import NPUConfig
 from .ecp5 import DSP_PRODUCTS, registered_multiply
-from .stage import staged
+from .stage import replica, staged
 
 __all__ = ["ProcessingElement", "SystolicArray", "psum_bits"]
 
@@ -49,7 +49,8 @@ class ProcessingElement(wiring.Component):
     psum_out : Out(signed(psum_width))
         ``psum_in + a_in * W[a_bank_in]``, registered.
     w_we, w_bank, w_data : In
-        Write ``w_data`` into weight bank ``w_bank``.
+        Write ``w_data`` into weight bank ``w_bank`` (with ``product_stages`` of 2, a cycle
+        later).
 
     Parameters
     ----------
@@ -68,6 +69,12 @@ class ProcessingElement(wiring.Component):
         them is reset with the unit (a product only reaches a result with the partial sums of
         its own vector). For synthesis: the simulators cannot run the instance (the tests swap
         in ``sim.ecp5``'s model of it).
+
+    With ``product_stages`` of 2 (a retimed array) the PE also registers its weight write
+    (``w_we``, ``w_bank``, ``w_data``) before it writes, and its registers that equal other
+    PEs' (that write, and the bank an activation carries, which is the same on an array's
+    whole anti-diagonal) are replicas (``stage.replica``): each is placed by its own PE
+    instead of one register driving a row, a column or an anti-diagonal across the die.
     """
 
     def __init__(self, *, psum_width=32, product_stages=0, ecp5_dsp=False):
@@ -93,15 +100,23 @@ class ProcessingElement(wiring.Component):
         # No register here is reset: a PE's contents only reach a result together with a
         # valid bit that travels beside the array (and a program loads the weights it uses).
         weights = [Signal(signed(8), name=f"w{b}", reset_less=True) for b in range(2)]
-        with m.If(self.w_we):
-            with m.If(self.w_bank):
-                m.d.sync += weights[1].eq(self.w_data)
+        stages = self.product_stages
+        w_we, w_bank, w_data = self.w_we, self.w_bank, self.w_data
+        if stages == 2:
+            # Not reset either: a write in flight when a run starts lands a cycle later, in a
+            # bank the new run loads before it uses.
+            w_we, w_bank, w_data = (replica(port, name=f"{name}_reg") for port, name in
+                                    ((self.w_we, "w_we"), (self.w_bank, "w_bank"),
+                                     (self.w_data, "w_data")))
+            m.d.sync += [w_we.eq(self.w_we), w_bank.eq(self.w_bank), w_data.eq(self.w_data)]
+        with m.If(w_we):
+            with m.If(w_bank):
+                m.d.sync += weights[1].eq(w_data)
             with m.Else():
-                m.d.sync += weights[0].eq(self.w_data)
+                m.d.sync += weights[0].eq(w_data)
         weight = Mux(self.a_bank_in, weights[1], weights[0])
         # int8 x int8 fits 16 bits; the partial sum is wide enough never to wrap. Each stage
         # delays the product a cycle, and psum_in with it (every row above is as late).
-        stages = self.product_stages
         if self.ecp5_dsp:
             product = Signal(signed(16))
             m.submodules.mult = registered_multiply(self.a_in, weight, product, self.en,
@@ -120,7 +135,8 @@ class ProcessingElement(wiring.Component):
                     m.d.sync += registered.eq(product)
                 product = registered
         a_out = Signal.like(self.a_out, reset_less=True)
-        a_bank_out = Signal.like(self.a_bank_out, reset_less=True)
+        a_bank_out = (replica(self.a_bank_out, name="a_bank_reg") if stages == 2 else
+                      Signal.like(self.a_bank_out, reset_less=True))
         psum_out = Signal.like(self.psum_out, reset_less=True)
         with m.If(self.en):
             m.d.sync += [
@@ -153,8 +169,8 @@ class SystolicArray(wiring.Component):
     w : In(stream)
         ``row`` (0..R-1), ``bank``, ``data``: C int8 lanes; one row per cycle. Not ready while
         a vector that uses ``bank`` is offered or still in the array, so a weight write can
-        never corrupt a pass in flight. With ``config.retime`` a row is written a cycle after
-        it is taken, and ``a`` is not ready for a vector of that bank meanwhile.
+        never corrupt a pass in flight. With ``config.retime`` a row is written two cycles
+        after it is taken, and ``a`` is not ready for a vector of that bank meanwhile.
     bank_busy : Out(2)
         Bit b is set while any vector using bank b is offered or in flight.
     """
@@ -214,10 +230,13 @@ class SystolicArray(wiring.Component):
                        bank=self.w.p.bank, data=self.w.p.data)
         w_we, w_bank, w_data = write["we"], write["bank"], write["data"]
         if self.config.retime:
-            # Not ready for a vector whose bank is being written from the registers: PE(0, 0)
-            # would multiply it with the old weight. (The core offers a tile's first vector
-            # cycles after its last row, so it never sees this.)
-            with m.If((w_we != 0) & (w_bank == self.a.p.bank)):
+            # The PEs register the write again (a row is written two cycles after it is
+            # taken). Not ready for a vector whose bank is being written from either register:
+            # PE(0, 0) would multiply it with the old weight. (The core offers a tile's first
+            # vector cycles after its last row, so it never sees this.)
+            in_pes = staged(m, True, "w_pe", reset=("we",), we=w_we != 0, bank=w_bank)
+            with m.If(((w_we != 0) & (w_bank == self.a.p.bank))
+                      | (in_pes["we"] & (in_pes["bank"] == self.a.p.bank))):
                 m.d.comb += self.a.ready.eq(0)
         for i in range(R):
             for j in range(C):
@@ -278,7 +297,7 @@ class SystolicArray(wiring.Component):
         busy = [self.a.valid & (bank == b) for b in range(2)]
         for d in range(self.latency):
             valid_next = Signal(name=f"valid_{d + 1}")
-            bank_next = Signal(name=f"bank_{d + 1}")
+            bank_next = Signal(name=f"bank_{d + 1}", reset_less=True)    # used when valid
             tag_next = Signal(self.tag_shape, name=f"tag_{d + 1}", reset_less=True)
             with m.If(en):
                 m.d.sync += [valid_next.eq(valid), bank_next.eq(bank), tag_next.eq(tag)]

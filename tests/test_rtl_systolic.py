@@ -113,13 +113,15 @@ def test_latency_is_rows_plus_cols_minus_one_or_plus_one_retimed(rows, cols, ret
         for i in range(rows):
             await stream_put(ctx, dut.w, {"row": i, "bank": 0, "data": [1] * cols})
         # Cycle 0: the vector is accepted at the clock edge ending this cycle (retimed, the
-        # cycle after the last weight row was written from its registers).
+        # cycle after the last weight row was written from the PEs' registers, two cycles
+        # after it was taken: with weights of 0 before, an earlier vector would sum one
+        # product fewer).
         ctx.set(dut.a.valid, 1)
         ctx.set(dut.a.payload, {"data": [1] * rows, "bank": 0, "tag": 0})
         waited = 0
         while not (await ctx.tick().sample(dut.a.ready))[-1]:
             waited += 1
-        assert waited == (1 if retime else 0)
+        assert waited == (2 if retime else 0)
         ctx.set(dut.a.valid, 0)
         for cycle in range(1, 4 * (rows + cols)):
             if ctx.get(dut.o.valid):
