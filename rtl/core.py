@@ -23,7 +23,7 @@ from .isa import (
     Opcode,
     param_slot_bytes,
 )
-from .stage import stage_if, staged
+from .stage import replica, stage_if, staged
 from .units import ExecuteUnit, FetchUnit, LoadUnit, ParamWords, StoreUnit
 
 __all__ = ["NPUCore", "AXI_ID_FETCH", "AXI_ID_LOAD"]
@@ -110,22 +110,27 @@ class NPUCore(wiring.Component):
 
         # Everything with run state is reset when a run starts; memories keep their contents.
         # Retimed, that reset (thousands of flip-flops) comes from a register, a cycle after
-        # the restart; dispatch waits for it.
+        # the restart (dispatch waits for it), one replica per unit and queue, each placed by
+        # its own unit rather than one register reaching all of them across the die.
         unit_reset = Signal()
         stage_if(m, cfg.retime, unit_reset, restart)
 
-        def fresh(unit):
-            return ResetInserter(unit_reset)(unit)
+        def fresh(unit, name):
+            if not cfg.retime:
+                return ResetInserter(unit_reset)(unit)
+            reset = replica(unit_reset, name=f"{name}_reset")
+            m.d.sync += reset.eq(restart)
+            return ResetInserter(reset)(unit)
 
         fetch, load, execute, store = self.fetch, self.load, self.execute, self.store
         queues = {name: SyncFIFOBuffered(width=INSTR_BITS, depth=cfg.unit_queue_depth)
                   for name in ("load", "execute", "store")}
-        m.submodules.fetch = fresh(fetch)
-        m.submodules.load = fresh(load)
-        m.submodules.execute = fresh(execute)
-        m.submodules.store = fresh(store)
+        m.submodules.fetch = fresh(fetch, "fetch")
+        m.submodules.load = fresh(load, "load")
+        m.submodules.execute = fresh(execute, "execute")
+        m.submodules.store = fresh(store, "store")
         for name, queue in queues.items():
-            m.submodules[f"{name}_queue"] = fresh(queue)
+            m.submodules[f"{name}_queue"] = fresh(queue, f"{name}_queue")
         for name, unit in (("load", load), ("execute", execute), ("store", store)):
             queue = queues[name]
             m.d.comb += [
