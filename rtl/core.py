@@ -418,12 +418,14 @@ class _Checker:
     """The dispatch-time checks of one instruction (see ErrorCode and isa.FIELD_LIMITS).
 
     The rows x stride product is registered as the instruction is fetched (``fetch()``; on
-    an ECP5, in a DSP); the extents and the field, opcode and alignment checks in DECODE
-    (``register()``); the window comparisons and the verdict in CHECK, from those registers.
+    an ECP5, in a DSP), and so is the rest of the transfer's end, first byte + row extent -
+    stride; their sum and the field, opcode and alignment checks in DECODE (``register()``);
+    the window comparisons and the verdict in CHECK, from those registers.
     """
 
     def __init__(self, m, cfg, ins, win_base, win_limit):
-        self._cfg, B = cfg, cfg.bus_bytes
+        self._cfg = cfg
+        B = cfg.bus_bytes
         low = exact_log2(B)
         op = ins.op.as_value()
         d = ins.deps
@@ -435,9 +437,7 @@ class _Checker:
 
         fields_ok = Signal()
         aligned = Signal()
-        first = Signal(32)
-        row_extent = Signal(16)  # bytes touched per row, beat-rounded
-        dma = Signal()
+        first, _, strided, dma = self._transfer(m, ins, "")
         sp_lines, acc_rows = cfg.sp_lines, cfg.acc_rows
 
         # Field bounds on only the bits a value within the bound can have (the same results
@@ -454,14 +454,11 @@ class _Checker:
             high = Cat(a[n:], b[n:]).any() if max(len(a), len(b)) > n else Const(0, 1)
             return ~high & (a[:n] + b[:n] <= limit)
 
-        def beats_bytes(nbytes):
-            return ((nbytes + (B - 1)) >> low) << low
-
-        # Offset of the last row, (rows - 1) x stride for LOAD and STORE, as rows x stride
-        # minus stride (no subtraction before the multiplier). Only used once the fields
-        # passed, when rows <= max(scratchpad lines, accumulator rows): no wider factor.
+        # The end of the last row: first + row extent + (rows - 1) x stride for LOAD and
+        # STORE, summed as (first + row extent - stride) + rows x stride (no subtraction
+        # before the multiplier). Only used once the fields passed, when rows <= max(scratchpad
+        # lines, accumulator rows): no wider factor.
         rows, stride = self._rows_stride(ins, cfg)
-        strided = Signal()       # LOAD and STORE: rows `stride` apart
         # The window lies below 2**window_bits: an address bit, or a stride bit with a second
         # row, at or above `window_bits` puts the transfer outside it; the arithmetic needs
         # only the bits below (all of them with a 32-bit bus).
@@ -471,13 +468,13 @@ class _Checker:
         m.d.comb += far.eq((first[aw:] != 0 if aw < 32 else 0)
                            | ((stride[sw:] != 0) & (rows[1:] != 0) & strided
                               if sw < len(stride) else 0))
-        # The product is taken from the fetched instruction and registered with it (see
-        # `fetch`), so that the multiplier and the adds below are not one path. The end is
-        # (first + row extent) + (span - stride): the span (from the DSP, placed where the
-        # DSPs are) and the fields each pass two adders.
+        # Both terms are taken from the fetched instruction and registered with it (see
+        # `fetch`), so that the multiplier and the fields' adds are not one path with the
+        # end's: the span (from the DSP, placed where the DSPs are) passes one adder. The
+        # first term may be negative (modulo 2**width, which holds any end).
         self._span = Signal(len(rows) + sw)
         self._sw = sw
-        offset = (self._span - stride[:sw])[:len(self._span)]
+        self._base = Signal(max(aw, 16, len(self._span)) + 2)
 
         with m.Switch(ins.op):
             with m.Case(Opcode.LOAD):
@@ -486,15 +483,11 @@ class _Checker:
                                  & (ld.row_bytes != 0) & (ld.row_bytes <= cfg.line_bytes)
                                  & ~d.pop_prev & ~d.push_prev),
                     aligned.eq((ld.addr[:low] == 0) & (ld.stride[:low] == 0)),
-                    dma.eq(1), first.eq(ld.addr), strided.eq(1),
-                    row_extent.eq(beats_bytes(ld.row_bytes)),
                 ]
             with m.Case(Opcode.LOADP):
                 m.d.comb += [
                     fields_ok.eq((lp.slot < cfg.param_slots) & ~d.pop_prev & ~d.push_prev),
                     aligned.eq(lp.addr[:low] == 0),
-                    dma.eq(1), first.eq(lp.addr),
-                    row_extent.eq(-(-param_slot_bytes(cfg.cols) // B) * B),
                 ]
             with m.Case(Opcode.LOADW):
                 m.d.comb += [fields_ok.eq(at_most(lw.sp_addr, sp_lines - 1 - cfg.rows)),
@@ -513,8 +506,6 @@ class _Checker:
                                  & (st.cols != 0) & (st.cols <= cfg.cols)
                                  & (st.slot < cfg.param_slots) & ~d.pop_next & ~d.push_next),
                     aligned.eq((st.addr[:low] == 0) & (st.stride[:low] == 0)),
-                    dma.eq(1), first.eq(st.addr), strided.eq(1),
-                    row_extent.eq(beats_bytes(Mux(st.raw, st.cols << 2, st.cols))),
                 ]
             with m.Case(Opcode.BARRIER, Opcode.END):
                 # Tokens cannot be given or taken by the control unit.
@@ -528,7 +519,7 @@ class _Checker:
         self.aligned = Signal()
 
         self._first = first[:aw]
-        self._end_next = first[:aw] + row_extent + Mux(strided, offset, 0)
+        self._end_next = (self._base + Mux(strided, self._span, 0))[:len(self._base)]
         self._end = Signal.like(self._end_next)
         self._far = far
         self._dma = dma
@@ -538,6 +529,32 @@ class _Checker:
         self._dma_r = Signal()
         m.d.comb += self.inside.eq(~self._dma_r | (~self._far_r & (self._first_r >= win_base)
                                                    & (self._end <= win_limit)))
+
+    def _transfer(self, m, ins, prefix):
+        """The first byte, bytes per row (beat-rounded) and whether rows are a stride apart
+        (LOAD, STORE) of a DMA instruction ``ins``, and whether it is one."""
+        B = self._cfg.bus_bytes
+        low = exact_log2(B)
+        ld, lp, st = ins.body.load, ins.body.loadp, ins.body.store
+        first = Signal(32, name=f"{prefix}first")
+        row_extent = Signal(16, name=f"{prefix}row_extent")
+        strided = Signal(name=f"{prefix}strided")
+        dma = Signal(name=f"{prefix}dma")
+
+        def beats_bytes(nbytes):
+            return ((nbytes + (B - 1)) >> low) << low
+
+        with m.Switch(ins.op):
+            with m.Case(Opcode.LOAD):
+                m.d.comb += [dma.eq(1), first.eq(ld.addr), strided.eq(1),
+                             row_extent.eq(beats_bytes(ld.row_bytes))]
+            with m.Case(Opcode.LOADP):
+                m.d.comb += [dma.eq(1), first.eq(lp.addr),
+                             row_extent.eq(-(-param_slot_bytes(self._cfg.cols) // B) * B)]
+            with m.Case(Opcode.STORE):
+                m.d.comb += [dma.eq(1), first.eq(st.addr), strided.eq(1),
+                             row_extent.eq(beats_bytes(Mux(st.raw, st.cols << 2, st.cols)))]
+        return first, row_extent, strided, dma
 
     @staticmethod
     def _rows_stride(ins, cfg):
@@ -559,6 +576,10 @@ class _Checker:
         else:
             with m.If(take):
                 m.d.sync += self._span.eq(rows * stride)
+        first, row_extent, strided, _ = self._transfer(m, instr, "fetched_")
+        with m.If(take):
+            m.d.sync += self._base.eq(first[:self._cfg.window_bits] + row_extent
+                                      - Mux(strided, stride, 0))
 
     def register(self):
         return [self._end.eq(self._end_next), self._first_r.eq(self._first),
