@@ -16,7 +16,7 @@ from amaranth.utils import ceil_log2, exact_log2
 from .config import NPUConfig
 from .isa import INSTR_BITS, INSTR_BYTES, Instruction, Opcode, param_slot_bytes
 from .requant import Requantiser, SequentialRequantiser, SerialRequantiser
-from .stage import stage_if, staged
+from .stage import replica, stage_if, staged
 from .systolic import SystolicArray
 
 __all__ = ["FetchFault", "FetchUnit", "LoadUnit", "ExecuteUnit", "StoreUnit",
@@ -406,7 +406,8 @@ class LoadUnit(wiring.Component):
     across instructions: the next instruction issues its addresses while the data of up to
     ``descriptors`` (``config.load_queue_depth``) earlier ones is still arriving, so the
     memory's latency is paid once per
-    stream, not once per instruction. Each returned beat is written the cycle it arrives.
+    stream, not once per instruction. Each returned beat is written the cycle it arrives
+    (``config.retime``: a cycle later, from registers).
     """
 
     def __init__(self, config):
@@ -471,17 +472,29 @@ class LoadUnit(wiring.Component):
             self.bus_error.eq(self.bus.rvalid & (self.bus.rresp != 0)),
         ]
 
+        # The writes of a beat, to the scratchpad, its zero flags or a parameter slot.
+        # Retimed, they are registered first and land a cycle later: the write enables then
+        # come from registers by the memories rather than from the descriptor and the beat
+        # (a LUTRAM's write enable, a block RAM's address). A LOAD's token push also reaches
+        # its semaphore a cycle late (registered in the core), so a line is written before
+        # a unit that waits for the token can read it.
+        sp = {"addr": Signal.like(self.sp.addr), "data": Signal.like(self.sp.data),
+              "en": Signal.like(self.sp.en)}
+        zf = {"addr": Signal.like(self.zflags.addr), "data": Signal.like(self.zflags.data),
+              "en": Signal()}
+        params = {"addr": Signal.like(self.params.addr), "en": Signal.like(self.params.en)}
+
         # Scratchpad write of a beat: beat 0 of a row writes the whole line (zeros past
         # row_bytes), later beats their own bytes.
         sp_write = Signal()
         for k in range(L):
             mine = r_beat == k // B
             m.d.comb += [
-                self.sp.data[k].eq(Mux(mine & (k < d.row_bytes),
-                                       self.bus.rdata.word_select(k % B, 8), 0)),
-                self.sp.en[k].eq(sp_write & ((r_beat == 0) | mine)),
+                sp["data"][k].eq(Mux(mine & (k < d.row_bytes),
+                                     self.bus.rdata.word_select(k % B, 8), 0)),
+                sp["en"][k].eq(sp_write & ((r_beat == 0) | mine)),
             ]
-        m.d.comb += self.sp.addr.eq(d.sp_addr + r_row)
+        m.d.comb += sp["addr"].eq(d.sp_addr + r_row)
 
         # Zero flags of the line being written: which sub-blocks saw a non-zero byte so far.
         G, R = cfg.sparse_group, cfg.rows
@@ -495,16 +508,14 @@ class LoadUnit(wiring.Component):
         row_nz = Signal(G)
         m.d.comb += [
             row_nz.eq(beat_nz | Mux(r_beat == 0, 0, seen)),
-            self.zflags.addr.eq(self.sp.addr),
-            self.zflags.data.eq(~row_nz),
+            zf["addr"].eq(sp["addr"]),
+            zf["data"].eq(~row_nz),
         ]
         with m.If(sp_write):
             m.d.sync += seen.eq(row_nz)
 
         # A parameter beat goes straight to its word of the slot.
-        m.d.comb += self.params.addr.eq(d.slot)
-        for k in range(param_beats):
-            m.d.comb += self.params.data[k].eq(self.bus.rdata)
+        m.d.comb += params["addr"].eq(d.slot)
 
         # Receive side.
         m.d.comb += self.stall_memory.eq(descs.r_rdy & ~self.bus.rvalid)
@@ -512,9 +523,9 @@ class LoadUnit(wiring.Component):
             last_beat = r_beat == d.beats_per_row - 1
             m.d.sync += r_beat.eq(Mux(last_beat, 0, r_beat + 1))
             with m.If(d.is_param):
-                m.d.comb += self.params.en.eq(1 << r_beat)
+                m.d.comb += params["en"].eq(1 << r_beat)
             with m.Else():
-                m.d.comb += [sp_write.eq(1), self.zflags.en.eq(last_beat)]
+                m.d.comb += [sp_write.eq(1), zf["en"].eq(last_beat)]
             with m.If(last_beat):
                 m.d.sync += r_row.eq(r_row + 1)
                 with m.If(r_row == d.rows - 1):
@@ -523,6 +534,22 @@ class LoadUnit(wiring.Component):
                         descs.r_en.eq(1),
                         self.tokens.push.eq(Cat(d.push_prev, d.push_next)),
                     ]
+
+        writes = staged(m, cfg.retime, "wr", reset=("sp_en", "zf_en", "params_en"),
+                        **{f"sp_{k}": v for k, v in sp.items()},
+                        **{f"zf_{k}": v for k, v in zf.items()},
+                        **{f"params_{k}": v for k, v in params.items()},
+                        params_word=self.bus.rdata)
+        m.d.comb += [
+            self.sp.addr.eq(writes["sp_addr"]), self.sp.data.eq(writes["sp_data"]),
+            self.sp.en.eq(writes["sp_en"]),
+            self.zflags.addr.eq(writes["zf_addr"]), self.zflags.data.eq(writes["zf_data"]),
+            self.zflags.en.eq(writes["zf_en"]),
+            self.params.addr.eq(writes["params_addr"]), self.params.en.eq(writes["params_en"]),
+        ]
+        for k in range(param_beats):
+            m.d.comb += self.params.data[k].eq(writes["params_word"])
+        writing = (writes["sp_en"] != 0) | writes["zf_en"] | (writes["params_en"] != 0)
 
         # Issue side.
         new = data.View(desc_layout, descs.w_data)
@@ -548,7 +575,7 @@ class LoadUnit(wiring.Component):
             ]
 
         with m.FSM():
-            with _TokenWait.take(m, self, ins, idle=~bursts.busy & ~descs.r_rdy,
+            with _TokenWait.take(m, self, ins, idle=~bursts.busy & ~descs.r_rdy & ~writing,
                                  ready=~bursts.busy & descs.w_rdy):
                 m.d.comb += [bursts.start.eq(1), descs.w_en.eq(1)]
                 m.next = "IDLE"
@@ -886,27 +913,33 @@ class ExecuteUnit(wiring.Component):
         if cfg.retime:
             # The row written the cycle before (acc_wr.data registered), and whether it is
             # the row a stage reads: the write-back registers' addresses, compared a cycle
-            # before the forward is used.
+            # before the forward is used. The selects (and the accumulate bit) are replicas,
+            # one per column: each drives its column's 32 multiplexers, not all C x 32.
             last_row = Signal.like(wb["data"], reset_less=True)
-            older, newer = Signal(), Signal()
+            older = [replica(1, name=f"older{j}") for j in range(C)]
+            newer = [replica(1, name=f"newer{j}") for j in range(C)]
             m.d.sync += last_row.eq(self.acc_wr.data)
         read_row = [read["row"][j] for j in range(C)]
         if cfg.retime:
-            read_row = [Mux(older, last_row[j], read_row[j]) for j in range(C)]
+            read_row = [Mux(older[j], last_row[j], read_row[j]) for j in range(C)]
         write = staged(m, cfg.retime, "wr", reset=("valid", "push_next"),
                        **{k: v for k, v in read.items() if k != "row"}, row=read_row)
         row = [write["row"][j] for j in range(C)]
+        accumulate = [write["accumulate"]] * C
         if cfg.retime:
-            m.d.sync += [older.eq(write["valid"] & (write["addr"] == wb["addr"])),
-                         newer.eq(write["valid"] & (write["addr"] == read["addr"]))]
-            row = [Mux(newer, last_row[j], row[j]) for j in range(C)]
+            accumulate = [replica(1, name=f"accumulate{j}") for j in range(C)]
+            for j in range(C):
+                m.d.sync += [older[j].eq(write["valid"] & (write["addr"] == wb["addr"])),
+                             newer[j].eq(write["valid"] & (write["addr"] == read["addr"])),
+                             accumulate[j].eq(read["accumulate"])]
+            row = [Mux(newer[j], last_row[j], row[j]) for j in range(C)]
         m.d.comb += [
             self.acc_wr.addr.eq(write["addr"]),
             self.acc_wr.en.eq(write["valid"]),
         ]
         for j in range(C):
             m.d.comb += self.acc_wr.data[j].eq(
-                Mux(write["accumulate"], row[j], 0) + write["data"][j])
+                Mux(accumulate[j], row[j], 0) + write["data"][j])
         m.d.comb += self.late_push.eq(Cat(to_array & offered["push_prev"], write["push_next"]))
         drained = Signal()
         m.d.comb += drained.eq(~a_busy & (array.bank_busy == 0) & ~wb["valid"]
