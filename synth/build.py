@@ -178,7 +178,9 @@ def _overrides(board, config, pe_mult, seed, place_only=False, router=None):
         "synth_opts": synth,
         # Always finish, so that a failing clock still gets its report.
         "nextpnr_opts": ["--report", "top.report.json", "--timing-allow-fail",
-                         "--seed", str(seed), *(["--no-route"] if place_only else []),
+                         "--seed", str(seed),
+                         # Placed only: the placed netlist, for ``synth.placed_timing``.
+                         *(["--no-route", "--write", "top.placed.json"] if place_only else []),
                          *(["--router", router] if router else [])],
     }
 
@@ -190,7 +192,9 @@ def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
 
     With ``place_only`` nextpnr stops after placement (``--no-route``): the report gives the
     resources and nextpnr's Fmax estimate from placement, marked as an estimate, never a pass;
-    for designs whose routing takes too long to iterate on. Its files end in ``_placed``.
+    for designs whose routing takes too long to iterate on. Its files end in ``_placed``, and
+    the build directory keeps the placed netlist (``top.placed.json``), which
+    ``python -m npu.synth.placed_timing`` ranks the paths of.
     ``router`` picks nextpnr's router (``router1``, its default, or ``router2``).
     """
     spec = BOARDS[board]

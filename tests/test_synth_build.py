@@ -160,8 +160,9 @@ def test_a_placed_only_build_is_an_estimate_and_never_passes(tmp_path):
     assert report["fmax_mhz"] == 120.0
     _, md_path = write_reports(report, tmp_path, "ulx3s-85f_1x8x8_placed")
     assert "Placed, not routed" in md_path.read_text()
-    assert "--no-route" in _overrides("ulx3s-85f", config, "dsp", 1, place_only=True)[
-        "nextpnr_opts"]
+    placed = _overrides("ulx3s-85f", config, "dsp", 1, place_only=True)["nextpnr_opts"]
+    assert "--no-route" in placed
+    assert placed[placed.index("--write") + 1] == "top.placed.json"
     assert "--no-route" not in _overrides("ulx3s-85f", config, "dsp", 1)["nextpnr_opts"]
     opts = _overrides("ulx3s-85f", config, "dsp", 1, router="router2")["nextpnr_opts"]
     assert opts[opts.index("--router") + 1] == "router2"

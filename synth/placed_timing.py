@@ -1,0 +1,211 @@
+"""A rough timing of a placed, unrouted ECP5 design: which paths a placement makes long.
+
+nextpnr prints no critical path before routing, and routing the largest builds takes longer
+than anyone iterates on; a placed-only build (``--place-only``) writes its placed netlist to
+``top.placed.json``. This module times that netlist with a model far simpler than nextpnr's:
+
+- a route between two cells costs ``ROUTE_BASE + ROUTE_PER_TILE`` x their Manhattan distance
+  in tiles (``ROUTE_SAME_TILE`` within a tile; a carry chain's FCI costs nothing), loosely
+  fitted to routed ECP5 paths of this design;
+- a cell costs a constant (``CELL``): a LUT, a carry step, a wide-function multiplexer, a
+  flip-flop's clock to output and a block RAM's or DSP's clock to output.
+
+Its figures are not a timing result and are not comparable with nextpnr's estimate; what it
+gives is a ranking: which endpoints a placement leaves worst, and through which cells.
+``python -m npu.synth.placed_timing build/synth/<stem>_placed/top.placed.json`` prints the
+worst paths (one per endpoint register group) and how many endpoints lie in each range.
+"""
+
+import argparse
+import json
+import re
+import sys
+from collections import Counter
+
+__all__ = ["CELL", "PlacedTiming", "main"]
+
+ROUTE_SAME_TILE = 0.1
+ROUTE_BASE = 0.3
+ROUTE_PER_TILE = 0.07
+
+#: Constant cell delays (ns).
+CELL = {
+    "lut": 0.3,            # TRELLIS_COMB: A-D to F
+    "mux": 0.2,            # TRELLIS_COMB: M, FXA, FXB, F1 to OFX (PFUMX, L6MUX21)
+    "carry_in": 0.44,      # CCU2 input to its sum
+    "carry_step": 0.07,    # CCU2 FCI to FCO
+    "carry_first": 0.45,   # CCU2 A-D to FCO or F
+    "ramw": 0.1,           # TRELLIS_RAMW: write address and data into the LUT RAM
+    "ff": 0.52,            # TRELLIS_FF clock to Q
+    "bram": 5.83,          # DP16KD clock to output, no output register
+    "dsp": 2.0,            # MULT18X18D clock to output from its output register
+    "setup": 0.1,
+    "dsp_input": 3.5,      # into an unregistered MULT18X18D input: the multiply before its
+                           # output register
+}
+
+_COMB_IN = {"A", "B", "C", "D", "M", "FCI", "FXA", "FXB", "F1"}
+_MUX_IN = {"M", "FXA", "FXB", "F1"}
+_CLOCKS = {"CLK", "WCK", "CLKA", "CLKB", "CLK0", "CLK1", "CLK2", "CLK3"}
+_SOURCES = {"TRELLIS_FF": "ff", "DP16KD": "bram", "MULT18X18D": "dsp"}
+_ENDPOINTS = {"TRELLIS_FF", "DP16KD", "MULT18X18D", "TRELLIS_COMB"}
+
+
+class PlacedTiming:
+    """The longest arrival at every register input of a placed netlist (a Yosys-style JSON
+    dictionary with nextpnr's ``NEXTPNR_BEL`` placement attributes)."""
+
+    def __init__(self, netlist, top="top"):
+        module = netlist["modules"][top]
+        self.cells = module["cells"]
+        self.names = {}
+        for name, net in module["netnames"].items():
+            for bit in net["bits"]:
+                if isinstance(bit, int) and (bit not in self.names
+                                             or len(name) < len(self.names[bit])):
+                    self.names[bit] = name
+        self.driver, self.fanout = {}, Counter()
+        for name, cell in self.cells.items():
+            for port, bits in cell["connections"].items():
+                for bit in bits:
+                    if not isinstance(bit, int):
+                        continue
+                    if cell["port_directions"].get(port) == "output":
+                        self.driver[bit] = (name, port)
+                    else:
+                        self.fanout[bit] += 1
+        self._arrival = {}
+
+    def location(self, name):
+        bel = self.cells[name]["attributes"].get("NEXTPNR_BEL", "")
+        match = re.match(r"X(\d+)/Y(\d+)/", bel)
+        return (int(match[1]), int(match[2])) if match else None
+
+    def route(self, source, sink):
+        a, b = self.location(source), self.location(sink)
+        if a is None or b is None:
+            return 0.0
+        if a == b:
+            return ROUTE_SAME_TILE
+        return ROUTE_BASE + ROUTE_PER_TILE * (abs(a[0] - b[0]) + abs(a[1] - b[1]))
+
+    def _timed(self, bit):
+        # Constants (nextpnr's packer ties them to a LUT) and undriven inputs have no arrival.
+        return (isinstance(bit, int) and bit in self.driver
+                and not self.driver[bit][0].startswith("$PACKER"))
+
+    def arrival(self, bit):
+        """(time at the driver's output, the input it came through: (bit, cell, port) or
+        None) for a net bit."""
+        if bit in self._arrival:
+            return self._arrival[bit]
+        self._arrival[bit] = (0.0, None)        # a combinational loop ends here
+        name, out_port = self.driver[bit]
+        cell = self.cells[name]
+        kind = cell["type"]
+        if kind in _SOURCES:
+            result = (CELL[_SOURCES[kind]], None)
+        elif kind in ("TRELLIS_COMB", "TRELLIS_RAMW"):
+            carry = cell["parameters"].get("MODE") == "CCU2"
+            result = (0.0, None)
+            for port, bits in cell["connections"].items():
+                if cell["port_directions"].get(port) != "input":
+                    continue
+                if kind == "TRELLIS_COMB" and (port not in _COMB_IN or (
+                        port in _MUX_IN and out_port != "OFX")):
+                    continue        # a LUT's F and a carry's outputs come from A-D and FCI
+                for in_bit in bits:
+                    if not self._timed(in_bit):
+                        continue
+                    if port == "FCI":
+                        wire = 0.0
+                        delay = CELL["carry_step"] if out_port == "FCO" else CELL["carry_in"]
+                    else:
+                        wire = self.route(self.driver[in_bit][0], name)
+                        delay = (CELL["ramw"] if kind == "TRELLIS_RAMW" else
+                                 CELL["carry_first"] if carry else
+                                 CELL["mux"] if port in _MUX_IN else CELL["lut"])
+                    time = self.arrival(in_bit)[0] + wire + delay
+                    if time > result[0]:
+                        result = (time, (in_bit, name, port))
+        else:
+            result = (0.0, None)
+        self._arrival[bit] = result
+        return result
+
+    def endpoints(self):
+        """Every timed register input: (arrival incl. setup, net bit, cell, port), worst
+        first."""
+        ends = []
+        for name, cell in self.cells.items():
+            kind = cell["type"]
+            if kind not in _ENDPOINTS:
+                continue
+            for port, bits in cell["connections"].items():
+                if cell["port_directions"].get(port) != "input" or port in _CLOCKS:
+                    continue
+                if kind == "TRELLIS_COMB" and port in _COMB_IN:
+                    continue        # a LUT's inputs; its LUT RAM write ports are endpoints
+                setup = CELL["setup"]
+                if (kind == "MULT18X18D" and port[0] in "AB" and port[1:].isdigit()
+                        and cell["parameters"].get(f"REG_INPUT{port[0]}_CLK", "NONE")
+                        == "NONE"):
+                    setup = CELL["dsp_input"]
+                for bit in bits:
+                    if self._timed(bit):
+                        time = (self.arrival(bit)[0] + self.route(self.driver[bit][0], name)
+                                + setup)
+                        ends.append((time, bit, name, port))
+        ends.sort(key=lambda end: -end[0])
+        return ends
+
+    def path(self, bit):
+        """The cells of the longest path into ``bit``: (arrival, cell, port, net, location),
+        source first."""
+        steps = []
+        while bit is not None:
+            name, port = self.driver[bit]
+            time, through = self.arrival(bit)
+            steps.append((time, name, port, self.names.get(bit, "?"), self.location(name)))
+            bit = through[0] if through else None
+        return steps[::-1]
+
+
+def _group(name, port):
+    """A register group: the cell name up to the mapping's suffixes, and the port without
+    its bit index."""
+    return re.sub(r"(_TRELLIS_FF_Q|_LUT4|_CCU2C|_PFUMX|_L6MUX21|\$).*", "", name), \
+        port.rstrip("0123456789")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m npu.synth.placed_timing",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("netlist", help="a placed netlist (top.placed.json of a --place-only "
+                                        "build)")
+    parser.add_argument("-n", type=int, default=20, help="paths to print (default 20)")
+    parser.add_argument("--match", default=None,
+                        help="only endpoints whose cell name contains this")
+    args = parser.parse_args(argv)
+    with open(args.netlist) as f:
+        timing = PlacedTiming(json.load(f))
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 100_000))
+    ends = timing.endpoints()
+    shown = set()
+    for time, bit, name, port in ends:
+        if len(shown) >= args.n:
+            break
+        group = _group(name, port)
+        if (args.match and args.match not in name) or group in shown:
+            continue
+        shown.add(group)
+        print(f"{time:6.2f} ns  {name}.{port} at {timing.location(name)}")
+        for at, cell, out, net, where in timing.path(bit):
+            print(f"    {at:6.2f}  {cell}.{out} at {where}  ({net})")
+    histogram = Counter(int(end[0]) for end in ends)
+    print("endpoints per ns:", ", ".join(f"[{ns}, {ns + 1}): {count}"
+                                        for ns, count in sorted(histogram.items())))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The placed-netlist timing ranker on hand-made placed netlists, against its model worked
+out by hand (``ROUTE_*`` per tile of Manhattan distance, constant cell delays)."""
+
+import json
+
+import pytest
+
+from npu.synth.placed_timing import (
+    CELL,
+    ROUTE_BASE,
+    ROUTE_PER_TILE,
+    ROUTE_SAME_TILE,
+    PlacedTiming,
+    main,
+)
+
+_DIRECTIONS = {
+    "TRELLIS_FF": {"DI": "input", "CE": "input", "LSR": "input", "CLK": "input", "Q": "output"},
+    "TRELLIS_COMB": {**{p: "input" for p in ("A", "B", "C", "D", "M", "FCI", "FXA", "FXB",
+                                              "F1", "WRE", "WD")},
+                     "F": "output", "FCO": "output", "OFX": "output"},
+    "MULT18X18D": {"A0": "input", "B0": "input", "CLK0": "input", "P0": "output"},
+}
+
+
+def cell(kind, x, y, connections, **parameters):
+    directions = _DIRECTIONS[kind]
+    return {"type": kind, "parameters": parameters,
+            "attributes": {"NEXTPNR_BEL": f"X{x}/Y{y}/SLICEA"},
+            "port_directions": {p: directions[p] for p in connections},
+            "connections": {p: [bit] for p, bit in connections.items()}}
+
+
+def netlist(cells, nets=None):
+    return {"modules": {"top": {"cells": cells,
+                                "netnames": {name: {"bits": [bit]}
+                                             for name, bit in (nets or {}).items()}}}}
+
+
+def route(dx, dy):
+    return ROUTE_BASE + ROUTE_PER_TILE * (dx + dy)
+
+
+def test_a_path_is_clock_to_q_routes_luts_and_setup():
+    timing = PlacedTiming(netlist({
+        "src": cell("TRELLIS_FF", 0, 0, {"Q": 2, "CLK": 1}),
+        "lut": cell("TRELLIS_COMB", 10, 0, {"A": 2, "F": 3}, MODE="LOGIC"),
+        "dst": cell("TRELLIS_FF", 10, 5, {"DI": 3, "CLK": 1}),
+        "near": cell("TRELLIS_FF", 0, 0, {"DI": 2, "CLK": 1}),
+    }, {"src_q": 2, "sum": 3}))
+    (worst, bit, name, port), (near, *_) = timing.endpoints()
+    assert (name, port) == ("dst", "DI")
+    assert worst == pytest.approx(CELL["ff"] + route(10, 0) + CELL["lut"] + route(0, 5)
+                                  + CELL["setup"])
+    assert near == pytest.approx(CELL["ff"] + ROUTE_SAME_TILE + CELL["setup"])
+    assert [(step[1], step[2], step[3]) for step in timing.path(bit)] == [
+        ("src", "Q", "src_q"), ("lut", "F", "sum")]
+
+
+def test_a_carry_chain_costs_its_steps_not_routes():
+    timing = PlacedTiming(netlist({
+        "src": cell("TRELLIS_FF", 0, 0, {"Q": 2}),
+        "c0": cell("TRELLIS_COMB", 0, 1, {"A": 2, "FCO": 3}, MODE="CCU2"),
+        "c1": cell("TRELLIS_COMB", 0, 9, {"FCI": 3, "FCO": 4}, MODE="CCU2"),
+        "c2": cell("TRELLIS_COMB", 0, 9, {"FCI": 4, "F": 5}, MODE="CCU2"),
+        "dst": cell("TRELLIS_FF", 0, 9, {"DI": 5}),
+    }))
+    worst = timing.endpoints()[0][0]
+    assert worst == pytest.approx(CELL["ff"] + route(0, 1) + CELL["carry_first"]
+                                  + CELL["carry_step"] + CELL["carry_in"] + ROUTE_SAME_TILE
+                                  + CELL["setup"])
+
+
+def test_a_luts_output_does_not_wait_for_its_multiplexer_inputs():
+    """F comes from A-D; only OFX (the wide-function multiplexer) from M, FXA, FXB, F1."""
+    timing = PlacedTiming(netlist({
+        "far": cell("TRELLIS_FF", 80, 80, {"Q": 2}),
+        "near": cell("TRELLIS_FF", 0, 0, {"Q": 3}),
+        "mux": cell("TRELLIS_COMB", 0, 1, {"A": 3, "FXA": 2, "F": 4, "OFX": 5}, MODE="LOGIC"),
+        "from_f": cell("TRELLIS_FF", 0, 1, {"DI": 4}),
+        "from_ofx": cell("TRELLIS_FF", 0, 1, {"DI": 5}),
+    }))
+    times = {name: time for time, _, name, _ in timing.endpoints()}
+    assert times["from_f"] == pytest.approx(CELL["ff"] + route(0, 1) + CELL["lut"]
+                                            + ROUTE_SAME_TILE + CELL["setup"])
+    assert times["from_ofx"] == pytest.approx(CELL["ff"] + route(80, 79) + CELL["mux"]
+                                              + ROUTE_SAME_TILE + CELL["setup"])
+
+
+def test_constants_are_not_paths_and_unregistered_dsp_inputs_include_the_multiply():
+    timing = PlacedTiming(netlist({
+        "$PACKER_GND": cell("TRELLIS_COMB", 50, 50, {"F": 2}, MODE="LOGIC"),
+        "tied": cell("TRELLIS_FF", 0, 0, {"DI": 2}),
+        "src": cell("TRELLIS_FF", 0, 0, {"Q": 3}),
+        "registered": cell("MULT18X18D", 0, 0, {"A0": 3}, REG_INPUTA_CLK="CLK0"),
+        "bare": cell("MULT18X18D", 0, 0, {"A0": 3}, REG_INPUTA_CLK="NONE"),
+    }))
+    times = {name: time for time, _, name, _ in timing.endpoints()}
+    assert "tied" not in times
+    assert times["registered"] == pytest.approx(CELL["ff"] + ROUTE_SAME_TILE + CELL["setup"])
+    assert times["bare"] == pytest.approx(CELL["ff"] + ROUTE_SAME_TILE + CELL["dsp_input"])
+
+
+def test_the_command_prints_the_worst_path_first(tmp_path, capsys):
+    path = tmp_path / "top.placed.json"
+    path.write_text(json.dumps(netlist({
+        "src": cell("TRELLIS_FF", 0, 0, {"Q": 2}),
+        "slow": cell("TRELLIS_FF", 40, 40, {"DI": 2}),
+        "fast": cell("TRELLIS_FF", 1, 0, {"DI": 2}),
+    }, {"src_q": 2})))
+    main([str(path), "-n", "1"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == [f"{CELL['ff'] + route(40, 40) + CELL['setup']:.2f}", "ns",
+                              "slow.DI", "at", "(40,", "40)"]
+    assert "src.Q" in out[1] and "(src_q)" in out[1]
+    assert not any("fast.DI" in line for line in out)
+    assert out[-1].startswith("endpoints per ns:")
