@@ -96,8 +96,8 @@ class NPUConfig:
         Extra register stages for FPGA clock rates: among them an 11-stage requantiser (not
         5), the scratchpad line registered before the gather and the gathered vector
         before the array (a gather from more than 16 bytes in two stages), each processing
-        element's operands, then its product, then the product again registered before the
-        add (array latency ``R + C + 2``), registered
+        element's operands and then its product registered before the add (array latency
+        ``R + C + 1``), registered
         DMA burst lengths and a longer accumulator write-back (docs/architecture.md lists
         them all). The ECP5 builds set it (see ``npu.synth.boards``).
 

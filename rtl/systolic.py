@@ -12,8 +12,8 @@ Dataflow (R rows x C columns, see docs/architecture.md):
   vector leave together.
 * The whole array is one stall-able pipeline: it advances when its output is taken or empty.
   From a vector accepted on ``a`` to its result valid on ``o`` is exactly
-  ``latency = R + C - 1`` cycles; ``R + C + 2`` with ``config.retime``, whose PEs register
-  their operands, then their product and then the product again before the add.
+  ``latency = R + C - 1`` cycles; ``R + C + 1`` with ``config.retime``, whose PEs register
+  their operands and then their product before the add.
 """
 
 from amaranth import Cat, Module, Mux, Shape, Signal, signed, unsigned
@@ -49,8 +49,8 @@ class ProcessingElement(wiring.Component):
     psum_out : Out(signed(psum_width))
         ``psum_in + a_in * W[a_bank_in]``, registered.
     w_we, w_bank, w_data : In
-        Write ``w_data`` into weight bank ``w_bank`` (with ``product_stages`` of 2 or 3, a
-        cycle later).
+        Write ``w_data`` into weight bank ``w_bank`` (with ``product_stages`` of 2, a cycle
+        later).
 
     Parameters
     ----------
@@ -59,22 +59,18 @@ class ProcessingElement(wiring.Component):
         any sum of ``i + 1`` int8 x int8 products exactly.
     product_stages : int
         Registers between the operands and the add: 0 (multiply and add in one cycle), 1 (the
-        product registered), 2 (the operands registered, then the product) or 3 (the operands,
-        then the product, then the product again; in LUTs the middle register holds the two
-        8 x 4 partial products, by the weight's low and high nibble, and the last their sum).
-        ``psum_in`` is expected that many cycles later too.
+        product registered) or 2 (the operands registered, then the product). ``psum_in`` is
+        expected that many cycles later too.
     ecp5_dsp : bool
-        With ``product_stages`` of 1 to 3: the multiply and its registers are one ECP5
+        With ``product_stages`` of 1 or 2: the multiply and its registers are one ECP5
         MULT18X18D (``registered_multiply``), whose output register is the product register
-        and, with 2 or 3 stages, whose input registers are the operand registers; the route
-        into the DSP then ends at a register, wherever the placer puts the PE's fabric logic.
-        With 3, the product is registered once more in the fabric, so the route out of the
-        DSP (placed where the DSP columns are) and the add are not one path. None of them is
-        reset with the unit (a product only reaches a result with the partial sums of its own
-        vector). For synthesis: the simulators cannot run the instance (the tests swap in
-        ``sim.ecp5``'s model of it).
+        and, with 2 stages, whose input registers are the operand registers; the route into the
+        DSP then ends at a register, wherever the placer puts the PE's fabric logic. None of
+        them is reset with the unit (a product only reaches a result with the partial sums of
+        its own vector). For synthesis: the simulators cannot run the instance (the tests swap
+        in ``sim.ecp5``'s model of it).
 
-    With ``product_stages`` of 2 or 3 (a retimed array) the PE also registers its weight write
+    With ``product_stages`` of 2 (a retimed array) the PE also registers its weight write
     (``w_we``, ``w_bank``, ``w_data``) before it writes, and its registers that equal other
     PEs' (that write, and the bank an activation carries, which is the same on an array's
     whole anti-diagonal) are replicas (``stage.replica``): each is placed by its own PE
@@ -82,8 +78,8 @@ class ProcessingElement(wiring.Component):
     """
 
     def __init__(self, *, psum_width=32, product_stages=0, ecp5_dsp=False):
-        if product_stages not in (0, 1, 2, 3):
-            raise ValueError(f"product_stages must be 0 to 3, not {product_stages!r}")
+        if product_stages not in (0, 1, 2):
+            raise ValueError(f"product_stages must be 0, 1 or 2, not {product_stages!r}")
         if ecp5_dsp and not product_stages:
             raise ValueError("An ECP5 DSP product needs a product register (retime)")
         if psum_width < psum_bits(1):
@@ -106,7 +102,7 @@ class ProcessingElement(wiring.Component):
         weights = [Signal(signed(8), name=f"w{b}", reset_less=True) for b in range(2)]
         stages = self.product_stages
         w_we, w_bank, w_data = self.w_we, self.w_bank, self.w_data
-        if stages >= 2:
+        if stages == 2:
             # Not reset either: a write in flight when a run starts lands a cycle later, in a
             # bank the new run loads before it uses.
             w_we, w_bank, w_data = (replica(port, name=f"{name}_reg") for port, name in
@@ -121,32 +117,25 @@ class ProcessingElement(wiring.Component):
         weight = Mux(self.a_bank_in, weights[1], weights[0])
         # int8 x int8 fits 16 bits; the partial sum is wide enough never to wrap. Each stage
         # delays the product a cycle, and psum_in with it (every row above is as late).
-        def register(value, name):
-            reg = Signal.like(value, name=name, reset_less=True)
-            with m.If(self.en):
-                m.d.sync += reg.eq(value)
-            return reg
-
         if self.ecp5_dsp:
             product = Signal(signed(16))
             m.submodules.mult = registered_multiply(self.a_in, weight, product, self.en,
-                                                    input_registers=stages >= 2)
-            if stages == 3:
-                product = register(product, "product_reg")
+                                                    input_registers=stages == 2)
         else:
             a, w = self.a_in, weight
-            if stages >= 2:
-                a, w = register(self.a_in, "a_reg"), register(weight, "w_reg")
-            if stages == 3:
-                low = register(a * w[:4], "p_low")                 # w[:4] unsigned
-                high = register(a * w[4:].as_signed(), "p_high")
-                product = register((low + (high << 4))[:16].as_signed(), "product_reg")
-            else:
-                product = a * w
-                if stages:
-                    product = register(product[:16].as_signed(), "product_reg")
+            if stages == 2:
+                a = Signal(signed(8), name="a_reg", reset_less=True)
+                w = Signal(signed(8), name="w_reg", reset_less=True)
+                with m.If(self.en):
+                    m.d.sync += [a.eq(self.a_in), w.eq(weight)]
+            product = a * w
+            if stages:
+                registered = Signal(signed(16), reset_less=True)
+                with m.If(self.en):
+                    m.d.sync += registered.eq(product)
+                product = registered
         a_out = Signal.like(self.a_out, reset_less=True)
-        a_bank_out = (replica(self.a_bank_out, name="a_bank_reg") if stages >= 2 else
+        a_bank_out = (replica(self.a_bank_out, name="a_bank_reg") if stages == 2 else
                       Signal.like(self.a_bank_out, reset_less=True))
         psum_out = Signal.like(self.psum_out, reset_less=True)
         with m.If(self.en):
@@ -192,8 +181,8 @@ class SystolicArray(wiring.Component):
         self.config = config
         self.rows = config.rows
         self.cols = config.cols
-        # Retimed, every PE registers its operands, its product and the product again.
-        self.product_stages = 3 if config.retime else 0
+        # Retimed, every PE registers its operands and its product (two stages).
+        self.product_stages = 2 if config.retime else 0
         self.latency = self.rows + self.cols - 1 + self.product_stages
         self.tag_shape = tag_shape
         super().__init__({
