@@ -260,3 +260,48 @@ def test_dsp_product_is_one_or_two_enabled_cycles_late(monkeypatch, input_regist
         expected.append(product)
     assert seen == expected
     assert made == ["MULT18X18D"]
+
+
+# Weights with the extremes and the values around powers of two and zero.
+EDGE_WEIGHTS = [-128, -127, -113, -112, -17, -16, -15, -9, -8, -1, 0, 1, 7, 8, 15, 16, 17, 112,
+                127]
+
+
+@pytest.mark.parametrize("ecp5_dsp", [False, True])
+@pytest.mark.parametrize("stages", [0, 1, 2])
+def test_a_pe_adds_the_product_of_every_activation_stages_cycles_later(monkeypatch, stages,
+                                                                       ecp5_dsp):
+    # One PE, enabled throughout: after the edge that ends cycle t, psum_out is psum_in(t) +
+    # a(t - stages) x w, for every int8 activation a and the weights in EDGE_WEIGHTS (bank 1
+    # holds the weight, bank 0 its negation, clamped to 127; activations alternate banks).
+    if ecp5_dsp and not stages:
+        pytest.skip("a DSP product is registered")
+    if ecp5_dsp:
+        use_mult18x18d_model(monkeypatch)
+    dut = ProcessingElement(psum_width=20, product_stages=stages, ecp5_dsp=ecp5_dsp)
+    activations = list(range(-128, 128))
+    seen = {}
+
+    async def bench(ctx):
+        ctx.set(dut.en, 1)
+        for w in EDGE_WEIGHTS:
+            for bank, value in ((1, w), (0, min(127, -w))):
+                ctx.set(dut.w_we, 1)
+                ctx.set(dut.w_bank, bank)
+                ctx.set(dut.w_data, value)
+                await ctx.tick()
+            ctx.set(dut.w_we, 0)
+            await ctx.tick().repeat(2)          # retimed, the write lands a cycle later
+            for t, a in enumerate(activations + [0] * stages):
+                ctx.set(dut.a_in, a)
+                ctx.set(dut.a_bank_in, t % 2)
+                ctx.set(dut.psum_in, t - 1000)
+                await ctx.tick()
+                if t >= stages:
+                    seen[w, t - stages] = ctx.get(dut.psum_out) - (t - 1000)
+
+    run_simulation(dut, bench, name="pe_stages")
+    for w in EDGE_WEIGHTS:
+        for t, a in enumerate(activations):
+            weight = w if t % 2 else min(127, -w)
+            assert seen[w, t] == a * weight, (w, a, weight)
