@@ -166,10 +166,8 @@ def _overrides(board, config, pe_mult, seed, place_only=False, router=None):
         used = _requant_dsps(config) + on_dsp * config.cores
         if BOARDS[board].dsp_count - used < config.cores:
             booth += ["top.system.npu.core[0-9]"]
-    script = [f"booth {' '.join(booth)}"] if booth else []
-    script += [_NO_COLLISION, _KEEP_REPLICAS]
-    if script:
-        script = ["hierarchy -top top", "proc", *script]
+    script = ["hierarchy -top top", "proc", *([f"booth {' '.join(booth)}"] if booth else []),
+              _NO_COLLISION, _KEEP_REPLICAS]
     synth = []
     if family == "ice40":
         synth += ["-dsp"]

@@ -64,16 +64,13 @@ class PlacedTiming:
                 if isinstance(bit, int) and (bit not in self.names
                                              or len(name) < len(self.names[bit])):
                     self.names[bit] = name
-        self.driver, self.fanout = {}, Counter()
+        self.driver = {}
         for name, cell in self.cells.items():
             for port, bits in cell["connections"].items():
-                for bit in bits:
-                    if not isinstance(bit, int):
-                        continue
-                    if cell["port_directions"].get(port) == "output":
-                        self.driver[bit] = (name, port)
-                    else:
-                        self.fanout[bit] += 1
+                if cell["port_directions"].get(port) == "output":
+                    for bit in bits:
+                        if isinstance(bit, int):
+                            self.driver[bit] = (name, port)
         self._arrival = {}
 
     def location(self, name):

@@ -197,9 +197,9 @@ def test_synthesis_keeps_replicas_apart(tmp_path):
     from npu.rtl.systolic import SystolicArray
     from npu.synth.build import _KEEP_REPLICAS
 
-    yosys = find_toolchain("ecp5")["YOSYS"]
     if "YOSYS" in missing_tools("ecp5"):
         pytest.skip("Yosys not found (make synth-setup)")
+    yosys = find_toolchain("ecp5")["YOSYS"]
     (tmp_path / "array.il").write_text(rtlil.convert(SystolicArray(NPUConfig(rows=2, cols=2,
                                                                             retime=True))))
 
