@@ -101,14 +101,11 @@ class ProcessingElement(wiring.Component):
         # valid bit that travels beside the array (and a program loads the weights it uses).
         weights = [Signal(signed(8), name=f"w{b}", reset_less=True) for b in range(2)]
         stages = self.product_stages
-        w_we, w_bank, w_data = self.w_we, self.w_bank, self.w_data
-        if stages == 2:
-            # Not reset either: a write in flight when a run starts lands a cycle later, in a
-            # bank the new run loads before it uses.
-            w_we, w_bank, w_data = (replica(port, name=f"{name}_reg") for port, name in
-                                    ((self.w_we, "w_we"), (self.w_bank, "w_bank"),
-                                     (self.w_data, "w_data")))
-            m.d.sync += [w_we.eq(self.w_we), w_bank.eq(self.w_bank), w_data.eq(self.w_data)]
+        # Retimed, not reset either: a write in flight when a run starts lands a cycle later,
+        # in a bank the new run loads before it uses.
+        write = staged(m, stages == 2, "w_reg", replicas=("we", "bank", "data"),
+                       we=self.w_we, bank=self.w_bank, data=self.w_data)
+        w_we, w_bank, w_data = write["we"], write["bank"], write["data"]
         with m.If(w_we):
             with m.If(w_bank):
                 m.d.sync += weights[1].eq(w_data)

@@ -923,15 +923,14 @@ class ExecuteUnit(wiring.Component):
         if cfg.retime:
             read_row = [Mux(older[j], last_row[j], read_row[j]) for j in range(C)]
         write = staged(m, cfg.retime, "wr", reset=("valid", "push_next"),
-                       **{k: v for k, v in read.items() if k != "row"}, row=read_row)
+                       replicas=("accumulate",) if cfg.retime else (),
+                       **{k: v for k, v in read.items() if k not in ("row", "accumulate")},
+                       accumulate=[read["accumulate"]] * C, row=read_row)
         row = [write["row"][j] for j in range(C)]
-        accumulate = [write["accumulate"]] * C
         if cfg.retime:
-            accumulate = [replica(1, name=f"accumulate{j}") for j in range(C)]
             for j in range(C):
                 m.d.sync += [older[j].eq(write["valid"] & (write["addr"] == wb["addr"])),
-                             newer[j].eq(write["valid"] & (write["addr"] == read["addr"])),
-                             accumulate[j].eq(read["accumulate"])]
+                             newer[j].eq(write["valid"] & (write["addr"] == read["addr"]))]
             row = [Mux(newer[j], last_row[j], row[j]) for j in range(C)]
         m.d.comb += [
             self.acc_wr.addr.eq(write["addr"]),
@@ -939,7 +938,7 @@ class ExecuteUnit(wiring.Component):
         ]
         for j in range(C):
             m.d.comb += self.acc_wr.data[j].eq(
-                Mux(accumulate[j], row[j], 0) + write["data"][j])
+                Mux(write["accumulate"][j], row[j], 0) + write["data"][j])
         m.d.comb += self.late_push.eq(Cat(to_array & offered["push_prev"], write["push_next"]))
         drained = Signal()
         m.d.comb += drained.eq(~a_busy & (array.bank_busy == 0) & ~wb["valid"]

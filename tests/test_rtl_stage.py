@@ -59,3 +59,25 @@ def test_a_replica_is_a_reset_less_signal_marked_for_synthesis_to_keep():
     for sig, width in ((copy, 8), (bit, 1)):
         assert len(sig) == width and sig.reset_less and sig.attrs == {REPLICA_ATTR: 1}
     assert copy.name == "w_data_reg" and bit.name == "newer0"
+
+
+def test_a_stage_makes_the_registers_named_in_replicas_replicas():
+    from npu.rtl.stage import REPLICA_ATTR
+
+    m = Module()
+    valid, sel = Signal(), Signal()
+    out = staged(m, True, "wr", reset=("valid",), replicas=("sel",), valid=valid,
+                 sel=[sel] * 3)
+    assert not out["valid"].reset_less and out["valid"].attrs == {}
+    assert [s.name for s in out["sel"]] == ["wr_sel0", "wr_sel1", "wr_sel2"]
+    for copy in out["sel"]:
+        assert copy.reset_less and copy.attrs == {REPLICA_ATTR: 1}
+    # Unregistered, a replicated value is the list of the value itself.
+    assert staged(m, False, "wr", replicas=("sel",), sel=[sel] * 3)["sel"] == [sel] * 3
+
+
+def test_replicas_must_name_values_of_the_stage_and_are_never_reset():
+    with pytest.raises(ValueError, match=r"replicas names \['sell'\], which are not among"):
+        staged(None, True, "st", replicas=("sell",), sel=Signal())
+    with pytest.raises(ValueError, match=r"\['sel'\] cannot be both reset and replicas"):
+        staged(None, True, "st", reset=("sel",), replicas=("sel",), sel=Signal())
