@@ -417,10 +417,11 @@ class NPUCore(wiring.Component):
 class _Checker:
     """The dispatch-time checks of one instruction (see ErrorCode and isa.FIELD_LIMITS).
 
-    The rows x stride product is registered as the instruction is fetched (``fetch()``; on
-    an ECP5, in a DSP), and so is the rest of the transfer's end, first byte + row extent -
-    stride; their sum and the field, opcode and alignment checks in DECODE (``register()``);
-    the window comparisons and the verdict in CHECK, from those registers.
+    The transfer is registered as the instruction is fetched (``fetch()``): its rows x
+    stride product (on an ECP5, in a DSP), the rest of its end, first byte + row extent -
+    stride, its first byte and whether it is a DMA and lies beyond the window's address
+    bits. The end's sum and the field, opcode and alignment checks are registered in DECODE
+    (``register()``); the window comparisons and the verdict in CHECK, from those registers.
     """
 
     def __init__(self, m, cfg, ins, win_base, win_limit):
@@ -437,7 +438,6 @@ class _Checker:
 
         fields_ok = Signal()
         aligned = Signal()
-        first, _, strided, dma = self._transfer(m, ins, "")
         sp_lines, acc_rows = cfg.sp_lines, cfg.acc_rows
 
         # Field bounds on only the bits a value within the bound can have (the same results
@@ -459,22 +459,15 @@ class _Checker:
         # before the multiplier). Only used once the fields passed, when rows <= max(scratchpad
         # lines, accumulator rows): no wider factor.
         rows, stride = self._rows_stride(ins, cfg)
-        # The window lies below 2**window_bits: an address bit, or a stride bit with a second
-        # row, at or above `window_bits` puts the transfer outside it; the arithmetic needs
-        # only the bits below (all of them with a 32-bit bus).
         aw = cfg.window_bits
-        sw = min(len(stride), aw)
-        far = Signal()
-        m.d.comb += far.eq((first[aw:] != 0 if aw < 32 else 0)
-                           | ((stride[sw:] != 0) & (rows[1:] != 0) & strided
-                              if sw < len(stride) else 0))
+        self._sw = sw = min(len(stride), aw)
         # Both terms are taken from the fetched instruction and registered with it (see
         # `fetch`), so that the multiplier and the fields' adds are not one path with the
         # end's: the span (from the DSP, placed where the DSPs are) passes one adder. The
         # first term may be negative (modulo 2**width, which holds any end).
         self._span = Signal(len(rows) + sw)
-        self._sw = sw
         self._base = Signal(max(aw, 16, len(self._span)) + 2)
+        self._strided = Signal()
 
         with m.Switch(ins.op):
             with m.Case(Opcode.LOAD):
@@ -518,11 +511,8 @@ class _Checker:
         self.fields_ok = Signal()
         self.aligned = Signal()
 
-        self._first = first[:aw]
-        self._end_next = (self._base + Mux(strided, self._span, 0))[:len(self._base)]
+        self._end_next = (self._base + Mux(self._strided, self._span, 0))[:len(self._base)]
         self._end = Signal.like(self._end_next)
-        self._far = far
-        self._dma = dma
         self.inside = Signal()
         self._first_r = Signal(aw)
         self._far_r = Signal()
@@ -530,16 +520,16 @@ class _Checker:
         m.d.comb += self.inside.eq(~self._dma_r | (~self._far_r & (self._first_r >= win_base)
                                                    & (self._end <= win_limit)))
 
-    def _transfer(self, m, ins, prefix):
+    def _transfer(self, m, ins):
         """The first byte, bytes per row (beat-rounded) and whether rows are a stride apart
         (LOAD, STORE) of a DMA instruction ``ins``, and whether it is one."""
         B = self._cfg.bus_bytes
         low = exact_log2(B)
         ld, lp, st = ins.body.load, ins.body.loadp, ins.body.store
-        first = Signal(32, name=f"{prefix}first")
-        row_extent = Signal(16, name=f"{prefix}row_extent")
-        strided = Signal(name=f"{prefix}strided")
-        dma = Signal(name=f"{prefix}dma")
+        first = Signal(32, name="fetched_first")
+        row_extent = Signal(16, name="fetched_row_extent")
+        strided = Signal(name="fetched_strided")
+        dma = Signal(name="fetched_dma")
 
         def beats_bytes(nbytes):
             return ((nbytes + (B - 1)) >> low) << low
@@ -564,24 +554,31 @@ class _Checker:
         return rows[:min(len(rows), max(cfg.sp_lines, cfg.acc_rows).bit_length())], stride
 
     def fetch(self, m, instr, take, *, dsp=False):
-        """Register the rows x stride product of ``instr`` (an :class:`Instruction` value)
-        when ``take``, the cycle ``ins`` is loaded with it. With ``dsp``, and both factors
-        fitting a DSP operand, the register is a MULT18X18D's output register (see
+        """Register the transfer of ``instr`` (an :class:`Instruction` value) when ``take``,
+        the cycle ``ins`` is loaded with it. With ``dsp``, and both factors fitting a DSP
+        operand, the rows x stride register is a MULT18X18D's output register (see
         ``npu.rtl.ecp5.DSP_SPAN``), so that the multiplier's output is not routed to the
         fabric within the cycle."""
+        aw = self._cfg.window_bits
         rows, stride = self._rows_stride(instr, self._cfg)
-        stride = stride[:self._sw]
+        first, row_extent, strided, dma = self._transfer(m, instr)
+        # The window lies below 2**window_bits: an address bit, or a stride bit with a second
+        # row, at or above `window_bits` puts the transfer outside it; the arithmetic needs
+        # only the bits below (all of them with a 32-bit bus).
+        sw = self._sw
+        far = ((first[aw:] != 0 if aw < 32 else 0)
+               | ((stride[sw:] != 0) & (rows[1:] != 0) & strided if sw < len(stride) else 0))
+        stride = stride[:sw]
         if dsp and fits_dsp_input(rows) and fits_dsp_input(stride):
             m.submodules.span = registered_multiply(rows, stride, self._span, take)
         else:
             with m.If(take):
                 m.d.sync += self._span.eq(rows * stride)
-        first, row_extent, strided, _ = self._transfer(m, instr, "fetched_")
         with m.If(take):
-            m.d.sync += self._base.eq(first[:self._cfg.window_bits] + row_extent
-                                      - Mux(strided, stride, 0))
+            m.d.sync += [self._base.eq(first[:aw] + row_extent - Mux(strided, stride, 0)),
+                         self._strided.eq(strided), self._first_r.eq(first[:aw]),
+                         self._far_r.eq(far), self._dma_r.eq(dma)]
 
     def register(self):
-        return [self._end.eq(self._end_next), self._first_r.eq(self._first),
-                self._far_r.eq(self._far), self._dma_r.eq(self._dma),
+        return [self._end.eq(self._end_next),
                 *(getattr(self, name).eq(value) for name, value in self._now.items())]
