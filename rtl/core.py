@@ -116,11 +116,12 @@ class NPUCore(wiring.Component):
         stage_if(m, cfg.retime, unit_reset, restart)
 
         def fresh(unit, name):
-            if not cfg.retime:
-                return ResetInserter(unit_reset)(unit)
-            reset = replica(unit_reset, name=f"{name}_reset")
-            m.d.sync += reset.eq(restart)
-            return ResetInserter(reset)(unit)
+            """``unit`` reset with the run start (``None``: that reset itself)."""
+            reset = unit_reset
+            if cfg.retime:
+                reset = replica(unit_reset, name=f"{name}_reset")
+                m.d.sync += reset.eq(restart)
+            return reset if unit is None else ResetInserter(reset)(unit)
 
         fetch, load, execute, store = self.fetch, self.load, self.execute, self.store
         queues = {name: SyncFIFOBuffered(width=INSTR_BITS, depth=cfg.unit_queue_depth)
@@ -179,15 +180,19 @@ class NPUCore(wiring.Component):
                 "s2e": store.tokens.push[0]}
         decs = {"l2e": execute.tokens.pop[0], "e2l": load.tokens.pop[1],
                 "e2s": store.tokens.pop[0], "s2e": execute.tokens.pop[1]}
+        clear = restart
         if cfg.retime:
             # A push reaches its semaphore a cycle late, from a register (a load's push comes
             # from its last read beat, through the read channel's routing): the unit that
             # waits for it waits a cycle longer, which is always safe. Pops stay immediate,
-            # so a token is never taken twice.
+            # so a token is never taken twice. The semaphores and those registers are
+            # cleared a cycle after the restart, with the units (the units are in reset, so
+            # no push or pop of the new run is lost; the CSR's start does not reach them).
+            clear = fresh(None, "sem")
             incs = staged(m, True, "push", reset=tuple(incs),
-                          **{name: Mux(restart, 0, inc) for name, inc in incs.items()})
+                          **{name: Mux(clear, 0, inc) for name, inc in incs.items()})
         for name, sem in sems.items():
-            with m.If(restart):
+            with m.If(clear):
                 m.d.sync += sem.eq(0)
             with m.Else():
                 m.d.sync += sem.eq(sem + incs[name] - decs[name])
