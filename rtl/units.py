@@ -878,19 +878,20 @@ class ExecuteUnit(wiring.Component):
             self.vector.eq(to_array),
         ]
         m.d.comb += [array.a.p.data[i].eq(offered["lanes"][i]) for i in range(R)]
-        terms = [Mux(to_array, Mux(offered["lanes"][i] == 0, C,
-                                   Mux(offered["bank"], wzero[1][i], wzero[0][i])), 0)
+        terms = [Mux(offered["lanes"][i] == 0, C, Mux(offered["bank"], wzero[1][i], wzero[0][i]))
                  for i in range(R)]
         if cfg.retime:
             # Counted late (the counters only need the totals): the per-lane counts are
             # registered, then (more than four lanes) their sums four lanes at a time, then
-            # the total: two or three cycles.
-            counts = staged(m, True, "gated_lane", reset=("counts",), counts=terms)["counts"]
-            counts = staged(m, R > 4, "gated_four", reset=("counts",),
-                            counts=_sums_of_four(counts))["counts"]
-            m.d.sync += self.gated.eq(_tree_sum(counts))
+            # the total: two or three cycles. Only the valid bit beside them is reset, and it
+            # selects the total at the end: the counts' registers have no reset or clear
+            # input, so each can sit by its lane.
+            lane = staged(m, True, "gated_lane", reset=("valid",), valid=to_array, counts=terms)
+            four = staged(m, R > 4, "gated_four", reset=("valid",), valid=lane["valid"],
+                          counts=_sums_of_four(lane["counts"]))
+            m.d.sync += self.gated.eq(Mux(four["valid"], _tree_sum(four["counts"]), 0))
         else:
-            m.d.comb += self.gated.eq(_tree_sum(terms))
+            m.d.comb += self.gated.eq(Mux(to_array, _tree_sum(terms), 0))
         a_busy = Signal()
         m.d.comb += a_busy.eq((a_left != 0) | s1 | rd["valid"] | (g1["valid"] if split else 0)
                               | offered["valid"])
