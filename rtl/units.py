@@ -316,8 +316,12 @@ class FetchUnit(wiring.Component):
         stage_if(m, cfg.retime, inside, inside_now)
         if cfg.retime:
             m.d.sync += stale.eq(issue | self.start)
+        # Room for one more instruction. Retimed, registered (the queue's level and its add
+        # are then not one path with the read-address handshake): a cycle late, which is
+        # safe, since an issue is never followed by another the next cycle (`stale`) and
+        # otherwise level + outstanding only falls.
         room = Signal()
-        m.d.comb += room.eq(level + outstanding < depth)
+        stage_if(m, cfg.retime, room, level + outstanding < depth)
 
         # An offered address stays offered until taken (AXI), even if the core stops
         # meanwhile; its instruction is then read and dropped.
