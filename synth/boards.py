@@ -8,7 +8,7 @@ gateware for any of them, and ``build.py`` runs the toolchain.
 
 from dataclasses import dataclass, field
 
-from amaranth import ClockDomain, Elaboratable, Instance, Module, Signal
+from amaranth import ClockDomain, Elaboratable, Instance, Module, ResetSignal, Signal
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.fifo import SyncFIFOBuffered
@@ -258,4 +258,12 @@ class BoardTop(Elaboratable):
             o_CLKOP=cd_sync.clk, o_LOCK=locked,
         )
         # nextpnr derives the 100 MHz constraint from the FREQUENCY_PIN attributes.
-        m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
+        # The reset is synchronised in a domain of its own on the same clock, then reaches
+        # the design through a DCCA: nextpnr puts a DCCA's output on a global network, so
+        # that one flip-flop by the PLL does not drive the reset logic of every unit across
+        # the die through the general routing (nextpnr promotes only clocks by itself).
+        m.domains.reset = cd_reset = ClockDomain("reset", local=True)
+        cd_reset.clk = cd_sync.clk
+        m.submodules.reset_sync = ResetSynchronizer(~locked, domain="reset")
+        m.submodules.reset_buf = Instance("DCCA", i_CLKI=ResetSignal("reset"), i_CE=1,
+                                          o_CLKO=cd_sync.rst)

@@ -25,6 +25,8 @@ def test_board_top_elaborates_to_a_build_plan(board):
     if BOARDS[board].family == "ecp5":
         assert top.clock_hz == 100e6
         assert "EHXPLLL" in rtlil and "FREQUENCY_PIN_CLKOP" in rtlil
+        # The synchronised reset reaches the design through a global buffer.
+        assert rtlil.count("cell \\DCCA") == 1
         constraints = plan.files["top.lpf"]
     else:
         assert rtlil.count("SB_SPRAM256KA") == 2   # 64 KiB at 32 bits
