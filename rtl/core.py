@@ -256,8 +256,10 @@ class NPUCore(wiring.Component):
         ]
 
         # Dispatch: take the next fetched instruction, check it, queue it for its unit.
-        ins = Signal(Instruction)
-        fault = Signal(fetch.o.payload.fault.shape())
+        # The instruction being dispatched, and its fetch fault: data, loaded in FETCH before
+        # anything reads them.
+        ins = Signal(Instruction, reset_less=True)
+        fault = Signal(fetch.o.payload.fault.shape(), reset_less=True)
         halting = Signal()
         bus_error = Signal()
         all_idle = Signal()

@@ -272,7 +272,7 @@ class FetchUnit(wiring.Component):
         beats = max(1, INSTR_BYTES // cfg.bus_bytes)
         depth = cfg.fetch_depth
         # Beats arrive lowest address first: shift each in at the top.
-        buf = Signal(INSTR_BITS)
+        buf = Signal(INSTR_BITS, reset_less=True)   # data: offered only with `level`
         got = Signal(INSTR_BITS)
         if depth == 1:
             level = Signal()
@@ -451,7 +451,7 @@ class LoadUnit(wiring.Component):
         # bursts; then the next may start while the data of the first is still arriving.
         # Receive side: a queue of descriptors says where the arriving beats go; the tokens an
         # instruction pushes are given when its last beat has been written.
-        ins = Signal(Instruction)
+        ins = Signal(Instruction, reset_less=True)   # data: read only once taken
         # Fields as wide as the dispatch checks allow them to be.
         max_beats = len(bursts.beats_per_row)
         desc_layout = data.StructLayout({
@@ -652,14 +652,16 @@ class ExecuteUnit(wiring.Component):
         m.submodules.array = array = SystolicArray(cfg, tag_shape=AccTag(cfg))
         m.d.comb += array.o.ready.eq(1)
 
-        ins = Signal(Instruction)
+        ins = Signal(Instruction, reset_less=True)   # data: read only once taken
         cur_bank = Signal()
 
         # Per bank: gather indices, the sub-blocks they use, zero weights per row.
         gather = [[Signal(8, name=f"gather{b}_{i}", reset_less=True) for i in range(R)]
                   for b in range(2)]
         used = [Signal(G, name=f"used{b}") for b in range(2)]
-        wzero = [[Signal(range(C + 1), name=f"wzero{b}_{i}") for i in range(R)]
+        # (Data: a bank's counts are written with its weights, which a program loads before
+        # it uses them.)
+        wzero = [[Signal(range(C + 1), name=f"wzero{b}_{i}", reset_less=True) for i in range(R)]
                  for b in range(2)]
 
         # Weight engine: R weight lines -> array.w, then the metadata line -> gather indices.
@@ -753,7 +755,7 @@ class ExecuteUnit(wiring.Component):
 
         s1 = Signal()
         s1_bank = Signal()
-        s1_tag = Signal(AccTag(cfg))
+        s1_tag = Signal(AccTag(cfg), reset_less=True)   # data: used with s1
         s1_push_prev = Signal()
         s1_taken = Signal()
         a_adv = Signal()
@@ -1044,7 +1046,7 @@ class StoreUnit(wiring.Component):
         m.submodules.bursts = bursts = _BurstGenerator(cfg, max_rows=cfg.acc_rows,
                                                         max_beats=row_beats_max)
 
-        ins = Signal(Instruction)
+        ins = Signal(Instruction, reset_less=True)   # data: read only once taken
         st = ins.body.store
         # As wide as the dispatch checks (cols <= config.cols, rows <= acc_rows) allow; taken
         # from the instruction as it is taken into `ins` (they stay until the next one).
