@@ -755,7 +755,7 @@ class ExecuteUnit(wiring.Component):
 
         s1 = Signal()
         s1_bank = Signal()
-        s1_tag = Signal(AccTag(cfg), reset_less=True)   # data: used with s1
+        s1_tag = Signal(AccTag(cfg))
         s1_push_prev = Signal()
         s1_taken = Signal()
         a_adv = Signal()
