@@ -16,7 +16,7 @@ import numpy as np
 from .device import Device
 from .quant import requantize
 
-__all__ = ["run_bench", "energy_estimate", "ENERGY_PJ"]
+__all__ = ["ENERGY_PJ", "energy_estimate", "run_bench"]
 
 ROOT = Path(__file__).resolve().parent.parent
 JSON_PATH = ROOT / "docs" / "bench.json"
@@ -82,7 +82,7 @@ def energy_estimate(stats, config):
     vectors = stats["macs"] // (R * C)
     gated = max(0, stats["macs_skipped"] - stats["passes_skipped"] * R * C)
     mac = (stats["macs"] - gated) * (e["mult8"] + e["add32"])
-    words = lambda nbytes: -(-nbytes // 8)   # noqa: E731 - 64-bit accesses
+    words = lambda nbytes: -(-nbytes // 8)   # 64-bit accesses
     dma = stats["dma_read_bytes"] + stats["dma_write_bytes"]
     sram = (vectors * (words(L) + 2 * words(4 * C)) + words(dma)) * e["sram64_32k"]
     dram = words(dma) * e["dram64"]
@@ -210,7 +210,7 @@ def _sparse(results, backend, big, cfg):
         b[b == 0] = 1
         group = cfg.gather_bytes
         for q in range(0, big, group):
-            b[q + rng.permutation(group)[:int(round(sparsity * group))]] = 0
+            b[q + rng.permutation(group)[:round(sparsity * group)]] = 0
         s = _gemm(backend, big, big, big, b=b, seed=2)
         dense = dense or s["cycles"]
         sweep[sparsity] = {"cycles": s["cycles"], "speedup": dense / s["cycles"],
@@ -291,10 +291,10 @@ def update_readme(results, readme=README):
     """Rewrite the README's performance section from the benchmark results."""
     big = results.get("utilization_goal", {}).get("shape", "256x256x256")
     u = results.get("utilization", {})
-    lines = [f"Measured by `make bench` on the {results['backend']} backend (memory "
+    lines = [(f"Measured by `make bench` on the {results['backend']} backend (memory "
              f"{results['memory']['bytes_per_cycle']} B/cycle each way, latency "
              f"{results['memory']['latency']} cycles; 8x8 array). Raw data: "
-             "`docs/bench.json`.", "",
+             "`docs/bench.json`."), "",
              "| benchmark | measured | goal | ideal |", "|---|---|---|---|"]
     for key, v in u.items():
         goal = "≥ 95 %" if key == big else ""
@@ -321,7 +321,7 @@ def update_readme(results, readme=README):
     lines += ["", "![roofline](docs/roofline.png) ![sparse](docs/sparse.png)"]
     table = "\n".join(lines)
     text = readme.read_text()
-    pattern = re.compile(r"(<!-- begin bench -->\n).*?(\n<!-- end bench -->)", re.S)
+    pattern = re.compile(r"(<!-- begin bench -->\n).*?(\n<!-- end bench -->)", re.DOTALL)
     if pattern.search(text):
         text = pattern.sub(lambda m: m.group(1) + table + m.group(2), text)
     else:

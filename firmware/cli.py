@@ -48,7 +48,8 @@ def cmd_gemm(args):
 def cmd_disasm(args):
     from npu.firmware.asm import disassemble
     if args.program:
-        data = open(args.program, "rb").read()
+        with open(args.program, "rb") as f:
+            data = f.read()
         print(disassemble(data, base=args.base))
         return 0
     if not args.gemm:

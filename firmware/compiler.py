@@ -49,8 +49,8 @@ from npu.rtl.isa import INSTR_BYTES, param_slot_bytes
 
 from .asm import Program, pack_param_slot
 
-__all__ = ["GemmLayout", "GemmPlan", "WeightTiles", "plan_gemm", "compile_gemm", "pack_a",
-           "pack_weights", "unpack_out", "pack_params", "layout_sizes", "roundup"]
+__all__ = ["GemmLayout", "GemmPlan", "WeightTiles", "compile_gemm", "layout_sizes", "pack_a",
+           "pack_params", "pack_weights", "plan_gemm", "roundup", "unpack_out"]
 
 #: Steps in flight between the load and execute units (buffers per kind).
 PIPELINE_DEPTH = 8

@@ -8,7 +8,7 @@ from . import digits
 from .device import Device
 from .quant import quantize_tensor
 
-__all__ = ["run_demo", "attention_head"]
+__all__ = ["attention_head", "run_demo"]
 
 
 def attention_head(dev, *, seq=16, d_model=32, d_head=16, seed=0):

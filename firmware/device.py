@@ -16,7 +16,7 @@ from npu.rtl.isa import CoreState, ErrorCode
 from . import compiler
 from .asm import disassemble
 
-__all__ = ["Device", "NPUError", "BACKENDS", "GemmImage", "build_gemm_image"]
+__all__ = ["BACKENDS", "Device", "GemmImage", "NPUError", "build_gemm_image"]
 
 BACKENDS = ("golden", "amaranth", "verilator", "board")
 
@@ -243,7 +243,6 @@ class Device:
         if a.shape[1] != b.shape[0]:
             raise ValueError(f"a has {a.shape[1]} columns but b has {b.shape[0]} rows; "
                              "gemm needs a [M, K] and b [K, N]")
-        M, K = a.shape
         N = b.shape[1]
         quantised = multiplier is not None or shift is not None
         if not quantised:

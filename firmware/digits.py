@@ -20,8 +20,8 @@ from .quant import (
     requantize,
 )
 
-__all__ = ["load_digits_split", "train_cnn", "quantise_cnn", "QuantCNN", "run_int8_reference",
-           "run_on_device", "float_forward"]
+__all__ = ["QuantCNN", "float_forward", "load_digits_split", "quantise_cnn", "run_int8_reference",
+           "run_on_device", "train_cnn"]
 
 PAD = ((1, 1), (1, 1))
 
@@ -42,7 +42,7 @@ def load_digits_split(seed=0, test_fraction=0.2):
 # --- float model ----------------------------------------------------------------------------
 
 def _conv_forward(x, w, b):
-    kh, kw, cin, cout = w.shape
+    kh, kw, _, cout = w.shape
     cols, (n, oh, ow) = im2col(x, kh, kw, 1, PAD, 0)
     return (cols @ w.reshape(-1, cout) + b).reshape(n, oh, ow, cout), cols
 

@@ -12,7 +12,7 @@ from amaranth.lib import data
 from npu.rtl.control import COUNTERS, RegisterMap
 from npu.rtl.isa import Body, Deps, ErrorCode, Instruction, Opcode
 
-__all__ = ["isa_table", "register_table", "error_table", "render", "DOC"]
+__all__ = ["DOC", "error_table", "isa_table", "register_table", "render"]
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "architecture.md"
 
@@ -29,7 +29,7 @@ def _bits(offset, width):
 
 
 def isa_table():
-    top = dict((n, (o, w)) for n, o, w in _fields(Instruction, 0))
+    top = {n: (o, w) for n, o, w in _fields(Instruction, 0)}
     body_base = top["body"][0]
     lines = ["| opcode | value | unit | fields (bit positions in the 128-bit word) |",
              "|---|---|---|---|"]
@@ -55,14 +55,14 @@ def register_table():
     rm = RegisterMap
     lines = ["| offset | name | access | meaning |", "|---|---|---|---|",
              f"| 0x{rm.ID:03x} | ID | R | 0x4E505531 (\"NPU1\") |",
-             f"| 0x{rm.CONFIG:03x} | CONFIG | R | rows [7:0], cols [15:8], cores [19:16], "
-             "bus bytes [31:24] |",
-             f"| 0x{rm.IRQ_STATUS:03x} | IRQ_STATUS | R/W1C | bit i: core i finished "
-             "(done or error) |",
+             (f"| 0x{rm.CONFIG:03x} | CONFIG | R | rows [7:0], cols [15:8], cores [19:16], "
+              "bus bytes [31:24] |"),
+             (f"| 0x{rm.IRQ_STATUS:03x} | IRQ_STATUS | R/W1C | bit i: core i finished "
+              "(done or error) |"),
              f"| 0x{rm.IRQ_ENABLE:03x} | IRQ_ENABLE | RW | bit i enables core i's interrupt |"]
     per_core = [(rm.CTRL, "CTRL", "W", "bit 0: start (ignored while busy)"),
-                (rm.STATUS, "STATUS", "R", "state [1:0] (0 idle, 1 busy, 2 done, 3 error), "
-                 "error code [7:4]"),
+                (rm.STATUS, "STATUS", "R", ("state [1:0] (0 idle, 1 busy, 2 done, 3 error), "
+                                            "error code [7:4]")),
                 (rm.PROG_ADDR, "PROG_ADDR", "RW", "byte address of the first instruction"),
                 (rm.WIN_BASE, "WIN_BASE", "RW", "lowest byte address the core may access"),
                 (rm.WIN_LIMIT, "WIN_LIMIT", "RW", "first byte address above the window"),
@@ -101,7 +101,7 @@ def render(text):
     """``text`` with every ``<!-- begin NAME -->`` ... ``<!-- end NAME -->`` section
     regenerated."""
     for name, make in SECTIONS.items():
-        pattern = re.compile(rf"(<!-- begin {name} -->\n).*?(\n<!-- end {name} -->)", re.S)
+        pattern = re.compile(rf"(<!-- begin {name} -->\n).*?(\n<!-- end {name} -->)", re.DOTALL)
         text = pattern.sub(lambda m, make=make: m.group(1) + make() + m.group(2), text)
     return text
 

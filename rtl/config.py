@@ -6,7 +6,7 @@ Every gateware constructor, the compiler, the golden model and the runtime read 
 
 from dataclasses import dataclass, field
 
-__all__ = ["NPUConfig", "ROUNDING_MODES"]
+__all__ = ["ROUNDING_MODES", "NPUConfig"]
 
 #: Requantisation rounding modes (see docs/architecture.md and REFERENCE: TFLite rules).
 #: "double" matches TFLite's reference kernels (the default build); "single" matches

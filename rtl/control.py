@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from .isa import CoreState, ErrorCode
 
-__all__ = ["COUNTERS", "CounterLayout", "CoreControlSignature", "RegisterMap", "NPU_ID"]
+__all__ = ["COUNTERS", "NPU_ID", "CoreControlSignature", "CounterLayout", "RegisterMap"]
 
 #: Performance counters of one core, in register order. Each wraps: ``cycles`` at 32 bits,
 #: the others at ``NPUConfig.counter_width`` (32 by default); the registers are 32 bits.

@@ -26,7 +26,7 @@ from .isa import (
 from .stage import replica, stage_if, staged
 from .units import ExecuteUnit, FetchUnit, LoadUnit, ParamWords, StoreUnit
 
-__all__ = ["NPUCore", "AXI_ID_FETCH", "AXI_ID_LOAD"]
+__all__ = ["AXI_ID_FETCH", "AXI_ID_LOAD", "NPUCore"]
 
 AXI_ID_FETCH = 0
 AXI_ID_LOAD = 1

@@ -8,9 +8,9 @@ instruction is 128 bits, stored little-endian in 16 bytes; see docs/architecture
 from amaranth.lib import data, enum
 
 __all__ = [
-    "INSTR_BITS", "INSTR_BYTES", "Opcode", "Unit", "Deps", "LoadBody", "LoadParamsBody",
-    "LoadWeightsBody", "MatmulBody", "StoreBody", "Body", "Instruction", "ErrorCode",
-    "CoreState", "UNIT_OF", "param_slot_bytes", "FIELD_LIMITS",
+    "FIELD_LIMITS", "INSTR_BITS", "INSTR_BYTES", "UNIT_OF", "Body", "CoreState", "Deps",
+    "ErrorCode", "Instruction", "LoadBody", "LoadParamsBody", "LoadWeightsBody", "MatmulBody",
+    "Opcode", "StoreBody", "Unit", "param_slot_bytes",
 ]
 
 INSTR_BITS = 128

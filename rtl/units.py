@@ -19,8 +19,8 @@ from .requant import Requantiser, SequentialRequantiser, SerialRequantiser
 from .stage import replica, stage_if, staged
 from .systolic import SystolicArray
 
-__all__ = ["FetchFault", "FetchUnit", "LoadUnit", "ExecuteUnit", "StoreUnit",
-           "ParamLayout", "ParamWords", "AccTag", "TokenSignature", "ReadManagerSignature",
+__all__ = ["AccTag", "ExecuteUnit", "FetchFault", "FetchUnit", "LoadUnit", "ParamLayout",
+           "ParamWords", "ReadManagerSignature", "StoreUnit", "TokenSignature",
            "WriteManagerSignature"]
 
 

@@ -14,7 +14,7 @@ from npu.rtl.isa import CoreState
 
 from .golden import CoreResult
 
-__all__ = ["CoreResult", "RunResult", "NPUTimeout", "TimedMemoryBackend", "check_run_arguments"]
+__all__ = ["CoreResult", "NPUTimeout", "RunResult", "TimedMemoryBackend", "check_run_arguments"]
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Testbench helpers for valid/ready handshakes: ``amaranth.lib.stream`` interfaces and bus
 channels (async testbenches only)."""
 
-__all__ = ["stream_put", "stream_get", "offer"]
+__all__ = ["offer", "stream_get", "stream_put"]
 
 
 async def stream_put(ctx, stream, payload):

@@ -203,8 +203,8 @@ def _markdown(report):
          f"{report['peak_gops_at_target']} GOPS at the target clock (2 x MACs x f)."),
         "",
         *([f"The build stopped: `{report['error']}`", ""] if report["error"] else []),
-        *(["Placed, not routed (`--place-only`): Fmax is nextpnr's estimate after placement, "
-           "not a timing result.", ""] if not report.get("routed", True) else []),
+        *([("Placed, not routed (`--place-only`): Fmax is nextpnr's estimate after placement, "
+            "not a timing result."), ""] if not report.get("routed", True) else []),
         "| resource | used | available | % |",
         "| --- | ---: | ---: | ---: |",
     ]

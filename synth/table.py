@@ -16,7 +16,7 @@ from .build import REPORTS_DIR
 __all__ = ["README", "make_line", "render_table", "update_readme"]
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-_MARKERS = re.compile(r"(<!-- begin synth -->\n).*?(<!-- end synth -->)", re.S)
+_MARKERS = re.compile(r"(<!-- begin synth -->\n).*?(<!-- end synth -->)", re.DOTALL)
 _MAKE_VARS = {"--board": "BOARD", "--cores": "CORES", "--rows": "ROWS", "--cols": "COLS"}
 
 
@@ -53,8 +53,8 @@ def render_table(reports_dir=REPORTS_DIR):
     reports = [json.loads(p.read_text()) for p in sorted(Path(reports_dir).glob("*.json"))]
     reports.sort(key=lambda r: (r["board"], r["config"]["macs"], r["config"]["cores"]))
     lines = [
-        "| board | cores x array | MACs | LUTs | FFs | DSPs | block RAMs | Fmax (MHz) "
-        "| target (MHz) | result | peak GOPS | reproduce |",
+        ("| board | cores x array | MACs | LUTs | FFs | DSPs | block RAMs | Fmax (MHz) "
+         "| target (MHz) | result | peak GOPS | reproduce |"),
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |",
     ]
     for r in reports:

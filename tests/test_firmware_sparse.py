@@ -15,7 +15,7 @@ def structured(rng, K, N, sparsity, group):
     w[w == 0] = 1
     for q in range(0, K, group):
         n = min(group, K - q)
-        w[q + rng.permutation(n)[:int(round(sparsity * n))]] = 0
+        w[q + rng.permutation(n)[:round(sparsity * n)]] = 0
     return w
 
 
