@@ -48,6 +48,10 @@ class Board:
         nextpnr bel type of a multiplier.
     dsp_count : int
         Multipliers on the part (what ``pe_mult="auto"`` budgets against).
+    dsp_sites : tuple of tuple of str
+        The multipliers' sites as nextpnr names them, one tuple per row of DSP blocks, in the
+        order they lie along it (where ``synth.floorplan`` pins the PEs' DSPs); empty: the
+        placer places them.
     lut_cell, ff_cell : str
         nextpnr bel types counted as LUTs and flip-flops.
     ram_cells : tuple of str
@@ -64,6 +68,7 @@ class Board:
     defaults: dict = field(default_factory=dict)
     dsp_cell: str = ""
     dsp_count: int = 0
+    dsp_sites: tuple = ()
     lut_cell: str = ""
     ff_cell: str = ""
     ram_cells: tuple = ()
@@ -80,6 +85,12 @@ BOARDS = {
                   "param_slots": 16, "retime": True, "zero_lookahead": 1,
                   "mem_bytes": 65536},
         dsp_cell="MULT18X18D", dsp_count=156,
+        # The LFE5U-85F: three rows of 13 DSP blocks (from nextpnr's placement of a design
+        # that uses them all), each block with MULT18_0, _1, _4 and _5 at X0 + 0, 1, 4, 5.
+        dsp_sites=tuple(tuple(f"X{x0 + k}/Y{y}/MULT18_{k}"
+                              for x0 in (4, 13, 22, 31, 40, 49, 58, 69, 78, 87, 96, 105, 114)
+                              for k in (0, 1, 4, 5))
+                        for y in (10, 34, 58)),
         lut_cell="TRELLIS_COMB", ff_cell="TRELLIS_FF", ram_cells=("DP16KD",)),
     "icebreaker": Board(
         name="icebreaker", platform=ICEBreakerPlatform, family="ice40",

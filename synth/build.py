@@ -22,6 +22,7 @@ from npu.rtl.ecp5 import DSP_PARTIAL_PRODUCTS, DSP_PRODUCTS, DSP_SPAN
 from npu.rtl.stage import REPLICA_ATTR
 
 from .boards import BOARDS, BoardTop, board_config
+from .floorplan import pe_dsp_sites, pin_script
 from .report import (
     parse_critical_paths,
     parse_fmax_log,
@@ -34,7 +35,7 @@ from .report import (
 )
 
 __all__ = ["TOOLS", "build", "find_toolchain", "main", "missing_tools", "pe_dsp_count",
-           "pe_mult_choice"]
+           "pe_mult_choice", "pins_pe_dsps"]
 
 #: Tools of each family, by the name Amaranth's build script gives them.
 TOOLS = {
@@ -121,6 +122,21 @@ def board_platform(board, config, pe_mult="auto"):
     return platform
 
 
+def pins_pe_dsps(board, config, pe_mult="auto", pin_dsps=None):
+    """Whether the build pins the PEs' DSPs to sites (``synth.floorplan``). ``None`` (the
+    default): when the PEs take every DSP the budget leaves them (``"mixed"``), since the
+    placer then scatters them over the die; when they all fit, it places them near their
+    fabric itself. Only DSP instances can be pinned: a retimed ECP5 array's."""
+    possible = bool(BOARDS[board].dsp_sites) and config.retime and pe_dsp_count(
+        board, config, pe_mult) > 0
+    if pin_dsps and not possible:
+        raise ValueError(f"{board} cannot pin PE DSPs for this configuration (needs a retimed "
+                         "array with PEs on DSPs, on a board with known DSP sites)")
+    if pin_dsps is None:
+        return possible and pe_mult_choice(board, config, pe_mult) == "mixed"
+    return bool(pin_dsps)
+
+
 def _requant_dsps(config):
     if config.requant_sequential:
         return 0             # it shifts and adds
@@ -148,7 +164,7 @@ _NO_COLLISION = (
 _KEEP_REPLICAS = f"setattr -set keep 1 a:{REPLICA_ATTR} %ci1 t:$dff %i"
 
 
-def _overrides(board, config, pe_mult, seed, place_only=False, router=None):
+def _overrides(board, config, pe_mult, seed, place_only=False, router=None, pin_dsps=False):
     family = BOARDS[board].family
     booth = []
     on_dsp = pe_dsp_count(board, config, pe_mult)
@@ -168,6 +184,9 @@ def _overrides(board, config, pe_mult, seed, place_only=False, router=None):
             booth += ["top.system.npu.core[0-9]"]
     script = ["hierarchy -top top", "proc", *([f"booth {' '.join(booth)}"] if booth else []),
               _NO_COLLISION, _KEEP_REPLICAS]
+    if pin_dsps:
+        script += pin_script(pe_dsp_sites(BOARDS[board].dsp_sites, cores=config.cores,
+                                          rows=config.rows, cols=config.cols, on_dsp=on_dsp))
     synth = []
     if family == "ice40":
         synth += ["-dsp"]
@@ -185,7 +204,7 @@ def _overrides(board, config, pe_mult, seed, place_only=False, router=None):
 
 def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
           build_dir=None, reports_dir=REPORTS_DIR, command=None, log=print, place_only=False,
-          router=None):
+          router=None, pin_dsps=None):
     """Build ``config`` for ``board``; return the report dictionary (also written to disk).
 
     With ``place_only`` nextpnr stops after placement (``--no-route``): the report gives the
@@ -194,6 +213,8 @@ def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
     the build directory keeps the placed netlist (``top.placed.json``), which
     ``python -m npu.synth.placed_timing`` ranks the paths of.
     ``router`` picks nextpnr's router (``router1``, its default, or ``router2``).
+    ``pin_dsps`` pins the PEs' DSPs to sites (``synth.floorplan``); None: see
+    :func:`pins_pe_dsps`.
     """
     spec = BOARDS[board]
     family = spec.family
@@ -209,13 +230,15 @@ def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
     stem = report_stem(board, config) + ("_placed" if place_only else "")
     build_dir = Path(build_dir or Path("build/synth") / stem)
     pe_mult = pe_mult_choice(board, config, pe_mult)
+    pin_dsps = pins_pe_dsps(board, config, pe_mult, pin_dsps)
     top = BoardTop(board, config, mem_bytes=mem_bytes, clock_hz=clock_hz)
     log(f"{stem}: {config.macs_per_cycle} MACs, {pe_dsp_count(board, config, pe_mult)} of "
-        f"{config.rows * config.cols} PE multipliers per core on DSPs, "
+        f"{config.rows * config.cols} PE multipliers per core on DSPs"
+        f"{' (pinned)' if pin_dsps else ''}, "
         f"target {top.clock_hz / 1e6:g} MHz, memory {mem_bytes // 1024} KiB -> {build_dir}")
     plan = board_platform(board, config, pe_mult).build(
         top, name="top", do_build=False,
-        **_overrides(board, config, pe_mult, seed, place_only, router))
+        **_overrides(board, config, pe_mult, seed, place_only, router, pin_dsps))
     plan.extract(str(build_dir))
     start = time.monotonic()
     with open(build_dir / "build.log", "w") as out:
@@ -248,6 +271,7 @@ def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
                        yosys_cells=cells, seconds=seconds, command=command or "", error=error,
                        routed=not place_only)
     report["config"]["pe_dsp_per_core"] = pe_dsp_count(board, config, pe_mult)
+    report["config"]["pe_dsp_pinned"] = pin_dsps
     json_path, md_path = write_reports(report, reports_dir, stem)
     verdict = "PASS" if report["pass"] else "FAIL"
     log(f"{stem}: Fmax {report['fmax_mhz']} MHz vs {report['target_mhz']} MHz target: "
@@ -282,6 +306,9 @@ def main(argv=None):
                         help="stop after placement: resources and an Fmax estimate")
     parser.add_argument("--router", choices=("router1", "router2"), default=None,
                         help="nextpnr's router (default: nextpnr's, router1)")
+    parser.add_argument("--pin-dsps", action=argparse.BooleanOptionalAction, default=None,
+                        help="pin the PEs' DSPs to sites in the array's shape (default: when "
+                             "they take every DSP left, i.e. --pe-mult mixed)")
     parser.add_argument("--build-dir", default=None)
     parser.add_argument("--reports-dir", default=str(REPORTS_DIR))
     args = parser.parse_args(argv)
@@ -301,9 +328,9 @@ def main(argv=None):
         report = build(args.board, config, mem_bytes=mem_bytes,
               clock_hz=args.clock_mhz * 1e6 if args.clock_mhz else None,
               pe_mult=args.pe_mult, seed=args.seed, build_dir=args.build_dir,
-              place_only=args.place_only, router=args.router,
+              place_only=args.place_only, router=args.router, pin_dsps=args.pin_dsps,
               reports_dir=args.reports_dir, command=command)
-    except (FileNotFoundError, RuntimeError) as exc:
+    except (FileNotFoundError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0 if report["pass"] else 2
