@@ -218,6 +218,8 @@ def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
     """
     spec = BOARDS[board]
     family = spec.family
+    pe_mult = pe_mult_choice(board, config, pe_mult)
+    pin_dsps = pins_pe_dsps(board, config, pe_mult, pin_dsps)
     missing = missing_tools(family)
     if missing:
         raise FileNotFoundError(
@@ -229,8 +231,6 @@ def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
 
     stem = report_stem(board, config) + ("_placed" if place_only else "")
     build_dir = Path(build_dir or Path("build/synth") / stem)
-    pe_mult = pe_mult_choice(board, config, pe_mult)
-    pin_dsps = pins_pe_dsps(board, config, pe_mult, pin_dsps)
     top = BoardTop(board, config, mem_bytes=mem_bytes, clock_hz=clock_hz)
     log(f"{stem}: {config.macs_per_cycle} MACs, {pe_dsp_count(board, config, pe_mult)} of "
         f"{config.rows * config.cols} PE multipliers per core on DSPs"
@@ -320,6 +320,7 @@ def main(argv=None):
             scratchpad_bytes=args.scratchpad_bytes, acc_rows=args.acc_rows,
             bus_width=args.bus_width, param_slots=args.param_slots, rounding=args.rounding,
             requant_lanes=args.requant_lanes, sparse_group=args.sparse_group)
+        pins_pe_dsps(args.board, config, args.pe_mult, args.pin_dsps)
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
     command = "python -m npu.synth.build " + shlex.join(
@@ -330,7 +331,7 @@ def main(argv=None):
               pe_mult=args.pe_mult, seed=args.seed, build_dir=args.build_dir,
               place_only=args.place_only, router=args.router, pin_dsps=args.pin_dsps,
               reports_dir=args.reports_dir, command=command)
-    except (FileNotFoundError, RuntimeError, ValueError) as exc:
+    except (FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0 if report["pass"] else 2

@@ -9,6 +9,7 @@ import pytest
 
 from npu.synth.boards import BOARDS, BoardTop, board_config
 from npu.synth.build import _overrides, board_platform, pe_dsp_count, pins_pe_dsps
+from npu.synth.build import main as build_main
 from npu.synth.floorplan import pe_dsp_sites, pin_script
 
 SITES = BOARDS["ulx3s-85f"].dsp_sites
@@ -109,3 +110,10 @@ def test_the_pins_name_the_dsp_instances_of_the_board_top():
     for line in lines:
         module, cell = line.split()[-1].split("/")
         assert "cell \\MULT18X18D \\" + cell + "\n" in modules[module]
+
+
+def test_pinning_what_cannot_be_pinned_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        build_main(["--board", "icebreaker", "--rows", "2", "--cols", "2", "--pin-dsps"])
+    assert info.value.code == 2
+    assert "icebreaker cannot pin PE DSPs for this configuration" in capsys.readouterr().err
