@@ -122,18 +122,15 @@ def board_platform(board, config, pe_mult="auto"):
     return platform
 
 
-def pins_pe_dsps(board, config, pe_mult="auto", pin_dsps=None):
-    """Whether the build pins the PEs' DSPs to sites (``synth.floorplan``). ``None`` (the
-    default): when the PEs take every DSP the budget leaves them (``"mixed"``), since the
-    placer then scatters them over the die; when they all fit, it places them near their
-    fabric itself. Only DSP instances can be pinned: a retimed ECP5 array's."""
-    possible = bool(BOARDS[board].dsp_sites) and config.retime and pe_dsp_count(
-        board, config, pe_mult) > 0
-    if pin_dsps and not possible:
+def pins_pe_dsps(board, config, pe_mult="auto", pin_dsps=False):
+    """Whether the build pins the PEs' DSPs to sites (``synth.floorplan``): only when asked
+    (``pin_dsps``), since nextpnr's estimates of the pinned builds are lower (see
+    docs/architecture.md); a ValueError where it cannot, since only DSP instances can be
+    pinned (a retimed ECP5 array's) and only on a board whose DSP sites are known."""
+    if pin_dsps and not (BOARDS[board].dsp_sites and config.retime
+                         and pe_dsp_count(board, config, pe_mult) > 0):
         raise ValueError(f"{board} cannot pin PE DSPs for this configuration (needs a retimed "
                          "array with PEs on DSPs, on a board with known DSP sites)")
-    if pin_dsps is None:
-        return possible and pe_mult_choice(board, config, pe_mult) == "mixed"
     return bool(pin_dsps)
 
 
@@ -204,7 +201,7 @@ def _overrides(board, config, pe_mult, seed, place_only=False, router=None, pin_
 
 def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
           build_dir=None, reports_dir=REPORTS_DIR, command=None, log=print, place_only=False,
-          router=None, pin_dsps=None):
+          router=None, pin_dsps=False):
     """Build ``config`` for ``board``; return the report dictionary (also written to disk).
 
     With ``place_only`` nextpnr stops after placement (``--no-route``): the report gives the
@@ -213,8 +210,7 @@ def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
     the build directory keeps the placed netlist (``top.placed.json``), which
     ``python -m npu.synth.placed_timing`` ranks the paths of.
     ``router`` picks nextpnr's router (``router1``, its default, or ``router2``).
-    ``pin_dsps`` pins the PEs' DSPs to sites (``synth.floorplan``); None: see
-    :func:`pins_pe_dsps`.
+    ``pin_dsps`` pins the PEs' DSPs to sites (``synth.floorplan``, :func:`pins_pe_dsps`).
     """
     spec = BOARDS[board]
     family = spec.family
@@ -306,9 +302,8 @@ def main(argv=None):
                         help="stop after placement: resources and an Fmax estimate")
     parser.add_argument("--router", choices=("router1", "router2"), default=None,
                         help="nextpnr's router (default: nextpnr's, router1)")
-    parser.add_argument("--pin-dsps", action=argparse.BooleanOptionalAction, default=None,
-                        help="pin the PEs' DSPs to sites in the array's shape (default: when "
-                             "they take every DSP left, i.e. --pe-mult mixed)")
+    parser.add_argument("--pin-dsps", action="store_true",
+                        help="pin the PEs' DSPs to sites in the array's shape (ECP5)")
     parser.add_argument("--build-dir", default=None)
     parser.add_argument("--reports-dir", default=str(REPORTS_DIR))
     args = parser.parse_args(argv)

@@ -1,11 +1,13 @@
-"""Where an ECP5 build pins its PE multipliers (a floorplan of the array's DSPs).
+"""Where an ECP5 build pins its PE multipliers (a floorplan of the array's DSPs;
+``python -m npu.synth.build ... --pin-dsps``, off by default).
 
 When the processing elements take every multiplier the DSP budget leaves (``pe_mult``
 ``"mixed"``: the largest arrays), their DSPs fill the die's DSP rows from end to end, and
 nextpnr's analytic placer, left to itself, legalises each PE's DSP to whichever site is free:
-a PE's DSP ends up ~50 tiles from its own adder in a placed 16x16 (median), and the DSP's
+a PE's DSP ends up ~50 tiles from its own fabric in a placed 16x16 (median), and the DSP's
 product crosses the die every cycle. Pinned, the DSPs keep the array's shape and pull their
-fabric with them:
+fabric with them (a median 7 tiles), though nextpnr's estimates of the pinned builds are lower
+(docs/architecture.md):
 
 - each core gets a vertical strip of the die: the same share of every DSP row;
 - a core's DSP-mapped PEs (the first ones in row-major order) are split across the DSP rows in

@@ -1,6 +1,6 @@
 # amaranth: UnusedElaboratable=no
 """The floorplan of the PEs' DSPs: every pinned PE gets its own site, in its core's strip,
-in the array's shape; the build pins them when the PEs take every DSP left; and the pins name
+in the array's shape; the build pins them when asked, where it can; and the pins name
 instances the board top has (no toolchain needed)."""
 
 import re
@@ -78,19 +78,19 @@ def test_too_many_pes_for_the_sites_is_an_error():
         pe_dsp_sites(SITES, cores=1, rows=2, cols=2, on_dsp=5)
 
 
-def test_the_build_pins_the_dsps_when_the_pes_take_every_one_left():
+def test_the_build_pins_the_dsps_only_when_asked_and_where_it_can():
     big, _ = board_config("ulx3s-85f", cores=1, rows=16, cols=16, requant_lanes=2)
     eight, _ = board_config("ulx3s-85f", cores=1, rows=8, cols=8)
     four, _ = board_config("ulx3s-85f", cores=4, rows=8, cols=8)
     small, _ = board_config("icebreaker", cores=1, rows=2, cols=2)
-    assert pins_pe_dsps("ulx3s-85f", big) and pins_pe_dsps("ulx3s-85f", four)
-    assert not pins_pe_dsps("ulx3s-85f", eight)               # all fit: the placer's choice
-    assert pins_pe_dsps("ulx3s-85f", eight, pin_dsps=True)
-    assert not pins_pe_dsps("ulx3s-85f", big, pin_dsps=False)
-    assert not pins_pe_dsps("ulx3s-85f", big, "lut")          # no DSP instances to pin
+    for config in (big, eight, four):
+        assert not pins_pe_dsps("ulx3s-85f", config)
+        assert pins_pe_dsps("ulx3s-85f", config, pin_dsps=True)
     assert not pins_pe_dsps("icebreaker", small)
     with pytest.raises(ValueError, match="icebreaker cannot pin PE DSPs"):
         pins_pe_dsps("icebreaker", small, pin_dsps=True)
+    with pytest.raises(ValueError, match="ulx3s-85f cannot pin PE DSPs"):
+        pins_pe_dsps("ulx3s-85f", big, "lut", pin_dsps=True)      # no DSP instances to pin
     script = _overrides("ulx3s-85f", big, "auto", 1, pin_dsps=True)["script_after_read"]
     pins = [line for line in script.splitlines() if line.startswith("setattr -set BEL")]
     assert len(pins) == pe_dsp_count("ulx3s-85f", big) == 147
