@@ -21,7 +21,7 @@ from npu.sim.backend import NPUTimeout
 from npu.sim.ecp5 import use_mult18x18d_model
 from npu.sim.golden_backend import GoldenBackend
 from npu.synth.boards import board_config
-from npu.synth.build import REQUANT_MULTS_PER_LANE, board_platform, pe_dsp_count
+from npu.synth.build import board_platform
 
 
 def random_int8(rng, shape):
@@ -480,9 +480,10 @@ def test_ulx3s_build_with_its_dsps_modelled_checks_windows_and_computes_exactly(
     # (its 16-bit address makes both factors fit a MULT18X18D), which the window check uses.
     config, platform, made = ulx3s_with_dsps_modelled(monkeypatch)
     check_bad_program(case, config, platform)
-    lanes = config.requant_lanes or config.cols
-    assert len(made) == config.cores * (pe_dsp_count("ulx3s-85f", config) + 1
-                                        + REQUANT_MULTS_PER_LANE * lanes)
+    # Per core, counted by hand: all 16 PE products (2 x (16 + 1 + 16) DSPs fit the 156), the
+    # span, and four partial products for each of the 4 requantiser lanes.
+    assert (config.cores, config.requant_lanes or config.cols) == (2, 4)
+    assert len(made) == 2 * (16 + 1 + 4 * 4)
 
 
 def check_bad_program(case, config, platform=None):
