@@ -6,7 +6,7 @@ When the processing elements take every multiplier the DSP budget leaves (``pe_m
 nextpnr's analytic placer, left to itself, legalises each PE's DSP to whichever site is free:
 a PE's DSP ends up ~50 tiles from its own fabric in a placed 16x16 (median), and the DSP's
 product crosses the die every cycle. Pinned, the DSPs keep the array's shape and pull their
-fabric with them (a median 7 tiles), though nextpnr's estimates of the pinned builds are lower
+fabric with them (a median 5 tiles), though nextpnr's estimates of the pinned builds are lower
 (docs/architecture.md):
 
 - each core gets a vertical strip of the die: the same share of every DSP row;
