@@ -13,16 +13,18 @@ than anyone iterates on; a placed-only build (``--place-only``) writes its place
 Its figures are not a timing result and are not comparable with nextpnr's estimate; what it
 gives is a ranking: which endpoints a placement leaves worst, and through which cells.
 ``python -m npu.synth.placed_timing build/synth/<stem>_placed/top.placed.json`` prints the
-worst paths (one per endpoint register group) and how many endpoints lie in each range.
+worst paths (one per endpoint register group) and how many endpoints lie in each range; with
+``--pe-dsps``, how far each PE's DSP lies from the PE's other cells (:func:`pe_dsp_distances`).
 """
 
 import argparse
 import json
 import re
+import statistics
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 
-__all__ = ["CELL", "PlacedTiming", "main"]
+__all__ = ["CELL", "PlacedTiming", "main", "pe_dsp_distances"]
 
 ROUTE_SAME_TILE = 0.1
 ROUTE_BASE = 0.3
@@ -168,6 +170,29 @@ class PlacedTiming:
         return steps[::-1]
 
 
+def pe_dsp_distances(netlist, top="top"):
+    """``{pe: tiles}`` for each processing element whose multiplier is a placed MULT18X18D: the
+    Manhattan distance from the DSP to the mean position of the PE's other placed cells (the
+    cells named ``<...>.array.pe_<row>_<col>.<...>``; ``pe`` is that prefix)."""
+    timing = PlacedTiming(netlist, top)
+    dsps, fabric = {}, defaultdict(list)
+    for name, cell in timing.cells.items():
+        match = re.match(r"(.*\.array\.pe_\d+_\d+)\.", name)
+        where = timing.location(name)
+        if match and where:
+            if cell["type"] == "MULT18X18D":
+                dsps[match[1]] = where
+            else:
+                fabric[match[1]].append(where)
+    distances = {}
+    for pe, (x, y) in dsps.items():
+        if fabric[pe]:
+            fx = sum(p[0] for p in fabric[pe]) / len(fabric[pe])
+            fy = sum(p[1] for p in fabric[pe]) / len(fabric[pe])
+            distances[pe] = abs(x - fx) + abs(y - fy)
+    return distances
+
+
 def _group(name, port):
     """A register group: the cell name up to the mapping's suffixes, and the port without
     its bit index."""
@@ -183,9 +208,21 @@ def main(argv=None):
     parser.add_argument("-n", type=int, default=20, help="paths to print (default 20)")
     parser.add_argument("--match", default=None,
                         help="only endpoints whose cell name contains this")
+    parser.add_argument("--pe-dsps", action="store_true",
+                        help="instead: how far each PE's DSP lies from the PE's other cells")
     args = parser.parse_args(argv)
     with open(args.netlist) as f:
-        timing = PlacedTiming(json.load(f))
+        netlist = json.load(f)
+    if args.pe_dsps:
+        tiles = sorted(pe_dsp_distances(netlist).values())
+        if not tiles:
+            print("no PE multiplier is a placed DSP")
+            return
+        print(f"{len(tiles)} PE DSPs, tiles from each to its PE's other cells: median "
+              f"{statistics.median(tiles):.1f}, 90th percentile {tiles[int(0.9 * len(tiles))]:.1f}, "
+              f"max {tiles[-1]:.1f}")
+        return
+    timing = PlacedTiming(netlist)
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 100_000))
     ends = timing.endpoints()
     shown = set()

@@ -12,6 +12,7 @@ from npu.synth.placed_timing import (
     ROUTE_SAME_TILE,
     PlacedTiming,
     main,
+    pe_dsp_distances,
 )
 
 _DIRECTIONS = {
@@ -115,3 +116,26 @@ def test_the_command_prints_the_worst_path_first(tmp_path, capsys):
     assert "src.Q" in out[1] and "(src_q)" in out[1]
     assert not any("fast.DI" in line for line in out)
     assert out[-1].startswith("endpoints per ns:")
+
+
+def test_pe_dsp_distances_are_from_each_dsp_to_its_own_pes_cells(tmp_path, capsys):
+    pe = "system.npu.core0.execute.array.pe_{}_{}."
+    placed = netlist({
+        # PE (0, 0): DSP at (10, 0), its other cells at (0, 0) and (2, 4): mean (1, 2).
+        pe.format(0, 0) + "mult.dsp": cell("MULT18X18D", 10, 0, {"P0": 2}),
+        pe.format(0, 0) + "psum_FF": cell("TRELLIS_FF", 0, 0, {"DI": 2}),
+        pe.format(0, 0) + "add_LUT4": cell("TRELLIS_COMB", 2, 4, {"A": 2}),
+        # PE (0, 1): beside its DSP; PE (1, 0) is in LUTs (no DSP) and not counted.
+        pe.format(0, 1) + "mult.dsp": cell("MULT18X18D", 5, 5, {"P0": 3}),
+        pe.format(0, 1) + "psum_FF": cell("TRELLIS_FF", 5, 6, {"DI": 3}),
+        pe.format(1, 0) + "psum_FF": cell("TRELLIS_FF", 40, 40, {"DI": 3}),
+        "system.npu.core0.execute.array.psum_FF": cell("TRELLIS_FF", 90, 90, {"DI": 2}),
+    })
+    distances = pe_dsp_distances(placed)
+    assert distances == {pe.format(0, 0)[:-1]: 9 + 2, pe.format(0, 1)[:-1]: 1}
+    path = tmp_path / "top.placed.json"
+    path.write_text(json.dumps(placed))
+    main([str(path), "--pe-dsps"])
+    assert capsys.readouterr().out.strip() == (
+        "2 PE DSPs, tiles from each to its PE's other cells: median 6.0, 90th percentile 11.0, "
+        "max 11.0")
