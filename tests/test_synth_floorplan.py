@@ -65,7 +65,7 @@ def test_the_16x16_uses_every_dsp_row_evenly():
     placed = pe_dsp_sites(SITES, cores=1, rows=16, cols=16, on_dsp=147)
     per_row = [sum(1 for s in placed.values() if _xy(s)[1] == y) for y in (10, 34, 58)]
     assert per_row == [49, 49, 49]
-    # The 9 sites left over (requantisers and the dispatch's span) are spread over the rows.
+    # 9 sites are left: the two requantiser lanes' 8 partial products and the dispatch's span.
     assert 156 - len(placed) == 9
 
 
