@@ -22,7 +22,7 @@ from npu.rtl.ecp5 import DSP_PARTIAL_PRODUCTS, DSP_PRODUCTS, DSP_SPAN
 from npu.rtl.stage import REPLICA_ATTR
 
 from .boards import BOARDS, BoardTop, board_config
-from .floorplan import pe_dsp_sites, pin_script
+from .floorplan import PE_MODULE, pe_dsp_sites, pin_script
 from .report import (
     parse_critical_paths,
     parse_fmax_log,
@@ -167,9 +167,9 @@ def _overrides(board, config, pe_mult, seed, place_only=False, router=None, pin_
     on_dsp = pe_dsp_count(board, config, pe_mult)
     if on_dsp == 0:
         # Booth-encode the PE products into LUTs before synthesis maps the rest to DSPs.
-        booth += ["top.system.npu.core*.execute.array.pe_*"]
+        booth += [PE_MODULE.format(core="*", row="*", col="*")]
     else:
-        booth += [f"top.system.npu.core*.execute.array.pe_{n // config.cols}_{n % config.cols}"
+        booth += [PE_MODULE.format(core="*", row=n // config.cols, col=n % config.cols)
                   for n in range(on_dsp, config.rows * config.cols)]
     # The DSPs are for the requantisers and PEs (see pe_mult_choice); the burst generators'
     # small products are shift-and-adds in the gateware already.

@@ -23,7 +23,11 @@ The build pins a DSP by setting nextpnr's ``BEL`` attribute on the PE's MULT18X1
 DSPs (requantisers, the dispatch's span) take the sites left over.
 """
 
-__all__ = ["pe_dsp_sites", "pin_script"]
+__all__ = ["PE_MODULE", "pe_dsp_sites", "pin_script"]
+
+#: The RTLIL module of a board top's processing element (``core`` and ``row`` / ``col`` may be
+#: Yosys selection patterns, e.g. ``*``); its DSP instance is ``mult/dsp`` below it.
+PE_MODULE = "top.system.npu.core{core}.execute.array.pe_{row}_{col}"
 
 
 def pe_dsp_sites(site_rows, *, cores, rows, cols, on_dsp):
@@ -58,9 +62,9 @@ def pe_dsp_sites(site_rows, *, cores, rows, cols, on_dsp):
     return placed
 
 
-def pin_script(placed, *, top="top.system.npu"):
+def pin_script(placed):
     """Yosys commands that pin each PE's DSP instance (``placed`` as from
     :func:`pe_dsp_sites`) to its site, by nextpnr's ``BEL`` attribute; run after
     ``hierarchy``, before synthesis flattens the design."""
-    return [f'setattr -set BEL "{site}" {top}.core{core}.execute.array.pe_{r}_{c}.mult/dsp'
+    return [f'setattr -set BEL "{site}" {PE_MODULE.format(core=core, row=r, col=c)}.mult/dsp'
             for (core, r, c), site in sorted(placed.items())]

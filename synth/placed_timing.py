@@ -76,9 +76,7 @@ class PlacedTiming:
         self._arrival = {}
 
     def location(self, name):
-        bel = self.cells[name]["attributes"].get("NEXTPNR_BEL", "")
-        match = re.match(r"X(\d+)/Y(\d+)/", bel)
-        return (int(match[1]), int(match[2])) if match else None
+        return _location(self.cells[name])
 
     def route(self, source, sink):
         a, b = self.location(source), self.location(sink)
@@ -170,15 +168,20 @@ class PlacedTiming:
         return steps[::-1]
 
 
+def _location(cell):
+    """A placed cell's tile (X, Y), None if unplaced."""
+    match = re.match(r"X(\d+)/Y(\d+)/", cell["attributes"].get("NEXTPNR_BEL", ""))
+    return (int(match[1]), int(match[2])) if match else None
+
+
 def pe_dsp_distances(netlist, top="top"):
     """``{pe: tiles}`` for each processing element whose multiplier is a placed MULT18X18D: the
     Manhattan distance from the DSP to the mean position of the PE's other placed cells (the
     cells named ``<...>.array.pe_<row>_<col>.<...>``; ``pe`` is that prefix)."""
-    timing = PlacedTiming(netlist, top)
     dsps, fabric = {}, defaultdict(list)
-    for name, cell in timing.cells.items():
+    for name, cell in netlist["modules"][top]["cells"].items():
         match = re.match(r"(.*\.array\.pe_\d+_\d+)\.", name)
-        where = timing.location(name)
+        where = _location(cell)
         if match and where:
             if cell["type"] == "MULT18X18D":
                 dsps[match[1]] = where
