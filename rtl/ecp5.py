@@ -6,7 +6,7 @@ that follows a product is the DSP's own output register. The simulators cannot r
 instance; ``npu.sim.ecp5.MULT18X18DModel`` stands in for it in the tests.
 """
 
-from amaranth import ClockSignal, Const, Instance, Module, Signal
+from amaranth import ClockSignal, Const, Instance, Module, Signal, signed
 from amaranth.hdl import Shape, Value
 
 __all__ = ["DSP_PARTIAL_PRODUCTS", "DSP_PRODUCTS", "DSP_SPAN", "fits_dsp_input",
@@ -58,24 +58,15 @@ def registered_multiply(a, b, p, ce, *, input_registers=False):
         for port in ("A", "B"):
             ports.update({f"p_REG_INPUT{port}_CLK": "CLK0", f"p_REG_INPUT{port}_CE": "CE0",
                           f"p_REG_INPUT{port}_RST": "RST0"})
-    # Each operand sits at the top of its 18-bit input (a signed one's sign at bit 17, an
-    # unsigned one's top bit at 16), the bits below it tied to 0: an 8-bit operand then takes
-    # 8 routed pins, not 18 (nextpnr leaves a DSP input tied to 0 unrouted, where a sign
-    # extension is a route to each upper pin). The product sits as many bits up in P.
-    m = Module()
-    shift = 0
-    for port, value in (("A", a), ("B", b)):
-        value = Value.cast(value)
-        low = (18 if value.shape().signed else 17) - len(value)
-        wide = Signal(18, name=f"wide_{port.lower()}")
-        m.d.comb += wide[low:].eq(value)
-        for i in range(18):
-            ports[f"i_{port}{i}"] = wide[i] if i >= low else Const(0, 1)
-            ports[f"i_C{i}"] = Const(0, 1)
-        shift += low
+    wide_a, wide_b = Signal(signed(18)), Signal(signed(18))
     wide_p = Signal(36)
+    for i in range(18):
+        ports[f"i_A{i}"] = wide_a[i]
+        ports[f"i_B{i}"] = wide_b[i]
+        ports[f"i_C{i}"] = Const(0, 1)
     for i in range(36):
         ports[f"o_P{i}"] = wide_p[i]
+    m = Module()
     m.submodules.dsp = Instance("MULT18X18D", **ports)
-    m.d.comb += p.eq(wide_p[shift:].as_signed())
+    m.d.comb += [wide_a.eq(a), wide_b.eq(b), p.eq(wide_p[:len(p)])]
     return m
