@@ -115,13 +115,17 @@ class NPUCore(wiring.Component):
         unit_reset = Signal()
         stage_if(m, cfg.retime, unit_reset, restart)
 
+        def run_reset(name):
+            """The run-start reset; retimed, a replica of it (``{name}_reset``)."""
+            if not cfg.retime:
+                return unit_reset
+            reset = replica(unit_reset, name=f"{name}_reset")
+            m.d.sync += reset.eq(restart)
+            return reset
+
         def fresh(unit, name):
-            """``unit`` reset with the run start (``None``: that reset itself)."""
-            reset = unit_reset
-            if cfg.retime:
-                reset = replica(unit_reset, name=f"{name}_reset")
-                m.d.sync += reset.eq(restart)
-            return reset if unit is None else ResetInserter(reset)(unit)
+            """``unit`` reset with the run start, through its own ``run_reset``."""
+            return ResetInserter(run_reset(name))(unit)
 
         fetch, load, execute, store = self.fetch, self.load, self.execute, self.store
         queues = {name: SyncFIFOBuffered(width=INSTR_BITS, depth=cfg.unit_queue_depth)
@@ -188,7 +192,7 @@ class NPUCore(wiring.Component):
             # so a token is never taken twice. The semaphores and those registers are
             # cleared a cycle after the restart, with the units (the units are in reset, so
             # no push or pop of the new run is lost; the CSR's start does not reach them).
-            clear = fresh(None, "sem")
+            clear = run_reset("sem")
             incs = staged(m, True, "push", reset=tuple(incs),
                           **{name: Mux(clear, 0, inc) for name, inc in incs.items()})
         for name, sem in sems.items():
