@@ -2,14 +2,14 @@
 stage's registers a reset reaches."""
 
 import pytest
-from amaranth import Module, ResetInserter, Signal
+from amaranth import Fragment, Module, ResetInserter, Signal
 
 from npu.rtl.stage import staged
 from npu.sim.amaranth_sim import run_simulation
 
 
 def _stage(registered, reset=("valid",)):
-    m = Module()
+    m = Module() if registered else None     # unregistered, a stage adds nothing to m
     valid, data, lanes = Signal(), Signal(8), [Signal(4), Signal(4)]
     out = staged(m, registered, "st", reset=reset, valid=valid, data=data, lanes=lanes)
     return m, (valid, data, lanes), out
@@ -74,6 +74,7 @@ def test_a_stage_makes_the_registers_named_in_replicas_replicas():
         assert copy.reset_less and copy.attrs == {REPLICA_ATTR: 1}
     # Unregistered, a replicated value is the list of the value itself.
     assert staged(m, False, "wr", replicas=("sel",), sel=[sel] * 3)["sel"] == [sel] * 3
+    Fragment.get(m, None)                     # the registers elaborate
 
 
 def test_replicas_must_name_values_of_the_stage_and_are_never_reset():

@@ -1,3 +1,6 @@
+# amaranth: UnusedElaboratable=no
+# (Tests here check that constructors refuse bad arguments: the objects are never elaborated.)
+
 import types
 
 import numpy as np
