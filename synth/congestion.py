@@ -2,7 +2,8 @@
 
 nextpnr's router2 with ``--router2-heatmap PREFIX`` writes, after each of its iterations N,
 ``PREFIX_congestion_by_coordinate_N.csv``: one line per tile column X, one value per tile
-row Y, the routing wires at that tile that more than one net wants. This module spreads
+row Y, the nets on that tile's overused routing wires (a wire two nets want counts 2; a
+wire with one net, 0). This module spreads
 those counts over the cells the placement put on each tile and adds them up by the part of
 the design a cell belongs to (:func:`part_of`: the first levels of its hierarchical name,
 down to the signal it was made for, with array indices folded).
@@ -35,8 +36,8 @@ __all__ = ["congestion_by_part", "main", "part_of", "read_heatmap"]
 
 
 def read_heatmap(path):
-    """The ``{(x, y): overused wires}`` of a router2 congestion-by-coordinate CSV (zeros
-    left out)."""
+    """The ``{(x, y): nets on overused wires}`` of a router2 congestion-by-coordinate CSV
+    (zeros left out)."""
     grid = {}
     with open(path, newline="") as f:
         for x, row in enumerate(csv.reader(f)):
@@ -94,7 +95,7 @@ def main(argv=None):
     parts = congestion_by_part(netlist, heatmap, depth=args.depth)
     total = sum(load for load, _ in parts.values()) or 1.0
     cells = sum(count for _, count in parts.values()) or 1
-    print(f"{sum(heatmap.values())} overused wires on {len(heatmap)} tiles; "
+    print(f"{sum(heatmap.values())} nets on overused wires, on {len(heatmap)} tiles; "
           f"{cells} placed cells")
     print(f"{'congestion':>10} {'share':>6} {'cells':>7} {'share':>6}  part")
     ranked = sorted(parts.items(), key=lambda item: -item[1][0])[:args.n]

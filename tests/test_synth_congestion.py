@@ -1,5 +1,5 @@
 """The congestion ranker on a hand-made heatmap and placed netlist, against its sums worked
-out by hand (each tile's overused wires shared evenly by the cells on it)."""
+out by hand (each tile's congestion shared evenly by the cells on it)."""
 
 import json
 
@@ -16,11 +16,11 @@ def placed(cells):
 
 
 CELLS = {
-    # Tile (2, 2), 12 overused wires: two gather cells and a PE cell share it.
+    # Tile (2, 2), congestion 12: two gather cells and a PE cell share it.
     "system.npu.core0.execute.g1_picks3_LUT4_Z": (2, 2),
     "system.npu.core0.execute.g1_picks12_LUT4_Z_1": (2, 2),
     "system.npu.core0.execute.array.pe_3_12.registered_TRELLIS_FF_Q_1": (2, 2),
-    # Tile (1, 1), 4 overused wires: a cell of another PE.
+    # Tile (1, 1), congestion 4: a cell of another PE.
     "system.npu.core0.execute.array.pe_0_1.psum_out_TRELLIS_FF_Q": (1, 1),
     # Tile (0, 0), no congestion.
     "system.memory.bank6.0.0_DOB7_TRELLIS_FF_Q": (0, 0),
@@ -70,7 +70,7 @@ def test_the_command_line_ranks_the_parts(tmp_path, capsys):
     netlist.write_text(json.dumps(placed(CELLS)))
     assert main([str(heatmap_file(tmp_path)), str(netlist), "-n", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "16 overused wires on 2 tiles; 6 placed cells"
+    assert lines[0] == "16 nets on overused wires, on 2 tiles; 6 placed cells"
     assert lines[2].split() == ["8", "50.0%", "2", "33.3%", "system.npu.core0.execute.gN_picksN"]
     assert lines[3].split() == ["8", "50.0%", "2", "33.3%", "system.npu.core0.execute.array"]
     assert len(lines) == 4
