@@ -30,7 +30,7 @@ import re
 import sys
 from collections import Counter
 
-from .placed_timing import _location
+from .placed_timing import cell_location
 
 __all__ = ["congestion_by_part", "main", "part_of", "read_heatmap"]
 
@@ -69,7 +69,7 @@ def congestion_by_part(netlist, heatmap, *, depth=5, top="top"):
     where = {}
     on_tile = Counter()
     for name, cell in cells.items():
-        loc = _location(cell)
+        loc = cell_location(cell)
         if loc is not None:
             where[name] = loc
             on_tile[loc] += 1

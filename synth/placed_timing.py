@@ -24,7 +24,7 @@ import statistics
 import sys
 from collections import Counter, defaultdict
 
-__all__ = ["CELL", "PlacedTiming", "main", "pe_dsp_distances"]
+__all__ = ["CELL", "PlacedTiming", "cell_location", "main", "pe_dsp_distances"]
 
 ROUTE_SAME_TILE = 0.1
 ROUTE_BASE = 0.3
@@ -76,7 +76,7 @@ class PlacedTiming:
         self._arrival = {}
 
     def location(self, name):
-        return _location(self.cells[name])
+        return cell_location(self.cells[name])
 
     def route(self, source, sink):
         a, b = self.location(source), self.location(sink)
@@ -168,7 +168,7 @@ class PlacedTiming:
         return steps[::-1]
 
 
-def _location(cell):
+def cell_location(cell):
     """A placed cell's tile (X, Y), None if unplaced."""
     match = re.match(r"X(\d+)/Y(\d+)/", cell["attributes"].get("NEXTPNR_BEL", ""))
     return (int(match[1]), int(match[2])) if match else None
@@ -181,7 +181,7 @@ def pe_dsp_distances(netlist, top="top"):
     dsps, fabric = {}, defaultdict(list)
     for name, cell in netlist["modules"][top]["cells"].items():
         match = re.match(r"(.*\.array\.pe_\d+_\d+)\.", name)
-        where = _location(cell)
+        where = cell_location(cell)
         if match and where:
             if cell["type"] == "MULT18X18D":
                 dsps[match[1]] = where
