@@ -30,7 +30,7 @@ import re
 import sys
 from collections import Counter
 
-from .placed_timing import cell_location
+from .placed_timing import MAPPING_SUFFIX, cell_location
 
 __all__ = ["congestion_by_part", "main", "part_of", "read_heatmap"]
 
@@ -58,7 +58,7 @@ def part_of(name, depth=5):
     *modules, signal = name.split(".")
     modules = [re.sub(r"^(bank)\d+$", r"\1*", re.sub(r"^([a-z]+)(_\d+)+$", r"\1_*", level))
                for level in modules]
-    signal = re.sub(r"\d+", "N", re.split(r"_(?:TRELLIS_|LUT4|CCU2C|PFUMX|L6MUX21)", signal)[0])
+    signal = re.sub(r"\d+", "N", re.split(MAPPING_SUFFIX, signal)[0])
     return ".".join([*modules, signal][:depth])
 
 

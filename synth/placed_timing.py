@@ -24,7 +24,8 @@ import statistics
 import sys
 from collections import Counter, defaultdict
 
-__all__ = ["CELL", "PlacedTiming", "cell_location", "main", "pe_dsp_distances"]
+__all__ = ["CELL", "MAPPING_SUFFIX", "PlacedTiming", "cell_location", "main",
+           "pe_dsp_distances"]
 
 ROUTE_SAME_TILE = 0.1
 ROUTE_BASE = 0.3
@@ -196,11 +197,15 @@ def pe_dsp_distances(netlist, top="top"):
     return distances
 
 
+#: Where the suffixes begin that synthesis and packing add to a signal's name when they name
+#: the cells made for it (``rd_line[5]_TRELLIS_FF_Q_3``, ``g1_picks3_LUT4_Z_1``).
+MAPPING_SUFFIX = r"_(?:TRELLIS_|LUT4|CCU2C|PFUMX|L6MUX21)"
+
+
 def _group(name, port):
     """A register group: the cell name up to the mapping's suffixes, and the port without
     its bit index."""
-    return re.sub(r"(_TRELLIS_FF_Q|_LUT4|_CCU2C|_PFUMX|_L6MUX21|\$).*", "", name), \
-        port.rstrip("0123456789")
+    return re.sub(rf"({MAPPING_SUFFIX}|\$).*", "", name), port.rstrip("0123456789")
 
 
 def main(argv=None):
