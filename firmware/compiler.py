@@ -11,9 +11,11 @@ whatever the array size (``R`` x ``C`` array, ``G`` = ``sparse_group``, ``B`` = 
 * weights: a list of *tiles*, each ``R + 1`` rows of ``w_pitch = roundup(max(C, R), B)`` bytes:
   R weight rows (``C`` int8 each) and a metadata row of R gather indices. Tile rows are the
   non-zero K-rows of one K-group for one N-block (``C`` columns), packed in order: a K-group
-  whose rows are all non-zero gives ``G`` dense tiles; a quarter-dense one a single tile. This
-  is the sparse unit's compressed weight format; the gather indices say which activation byte
-  of the line each array row multiplies.
+  whose rows are all non-zero gives ``G`` dense tiles; a quarter-dense one a single tile (with
+  the lane gather, ``config.gather == "lane"``, K-row ``g * R + i`` of a group only ever goes
+  to tile row i, so a quarter-dense group packs into one tile when each of its R lanes keeps
+  one of its G K-rows). This is the sparse unit's compressed weight format; the gather indices
+  say which activation byte of the line each array row multiplies.
 * output ``Y[M, N]`` (int8, or int32 for raw results): N-block ``nb`` is an ``M x o_pitch`` slab,
   ``o_pitch = roundup(C * element bytes, B)``.
 * requantisation parameters: one LOADP record per N-block, ``param_pitch`` bytes apart.
@@ -146,7 +148,8 @@ def pack_weights(config, w, *, sparse=True):
     """int8 [K, N] -> packed weight tiles.
 
     With ``sparse``, K-rows that are zero for a whole N-block are left out and the rest of
-    each K-group packed R to a tile; without, every K-group gives ``ceil(rows / R)`` dense
+    each K-group packed R to a tile (with the lane gather, each into the tile row of its
+    lane); without, every K-group gives ``ceil(rows / R)`` dense
     tiles. Either way the gather indices make the result exactly ``A @ w``.
     """
     K, N = w.shape
@@ -164,12 +167,11 @@ def pack_weights(config, w, *, sparse=True):
             dense[-1] += cdiv(len(ks), R)
             if sparse:
                 ks = ks[cols[ks].any(axis=1)]
-            for p in range(0, len(ks), R):
-                rows = ks[p:p + R]
+            for rows in _tile_rows(config, ks - q * GR):
                 tile = np.zeros((R + 1, pitch), np.uint8)
-                tile[:len(rows), :cols.shape[1]] = cols[rows].view(np.uint8)
-                tile[R, :R] = NO_ROW
-                tile[R, :len(rows)] = rows - q * GR
+                used = rows != NO_ROW
+                tile[:R][used, :cols.shape[1]] = cols[q * GR + rows[used]].view(np.uint8)
+                tile[R, :R] = rows
                 mine.append((q, len(tiles)))
                 tiles.append(tile)
         if not mine:
@@ -181,6 +183,21 @@ def pack_weights(config, w, *, sparse=True):
         per_block.append(mine)
     blob = np.concatenate([t.reshape(-1) for t in tiles]) if tiles else np.zeros(0, np.uint8)
     return WeightTiles(blob=blob, per_block=per_block, dense_per_block=dense)
+
+
+def _tile_rows(config, offsets):
+    """The packed tiles of one K-group: per tile, the K-row offset (within the group) each
+    array row multiplies, ``NO_ROW`` for an empty row. ``offsets`` are the group's K-rows to
+    keep, in order. The crossbar gather takes them R to a tile in order; the lane gather
+    keeps offset ``g * R + i`` in row i, so the group takes as many tiles as its busiest row
+    has offsets."""
+    R = config.rows
+    if config.gather == "crossbar":
+        chunks = [offsets[p:p + R] for p in range(0, len(offsets), R)]
+        return [np.concatenate([c, np.full(R - len(c), NO_ROW)]) for c in chunks]
+    per_row = [offsets[offsets % R == i] for i in range(R)]
+    depth = max(len(k) for k in per_row)
+    return [np.array([k[t] if t < len(k) else NO_ROW for k in per_row]) for t in range(depth)]
 
 
 def unpack_out(config, raw_bytes, M, N, raw):

@@ -6,12 +6,17 @@ Every gateware constructor, the compiler, the golden model and the runtime read 
 
 from dataclasses import dataclass, field
 
-__all__ = ["ROUNDING_MODES", "NPUConfig"]
+__all__ = ["GATHER_MODES", "ROUNDING_MODES", "NPUConfig"]
 
 #: Requantisation rounding modes (see docs/architecture.md and REFERENCE: TFLite rules).
 #: "double" matches TFLite's reference kernels (the default build); "single" matches
 #: ``TFLITE_SINGLE_ROUNDING=1`` (XNNPACK's conv / fully-connected kernels).
 ROUNDING_MODES = ("double", "single")
+
+#: How an array row picks its activation from a scratchpad line (the sparse unit's gather):
+#: "crossbar" from any of the line's ``sparse_group * rows`` bytes, "lane" only from its own
+#: byte of one of the ``sparse_group`` sub-blocks.
+GATHER_MODES = ("crossbar", "lane")
 
 
 def _check_positive_int(name, value, *, maximum=None):
@@ -56,9 +61,18 @@ class NPUConfig:
         output channels). 1..256.
     sparse_group : int
         Sub-blocks of ``rows`` activations per scratchpad line (1..16). Each array row gathers
-        its activation from any of the ``sparse_group * rows`` bytes of a line, so a weight
-        tile packed from the non-zero K-rows of up to ``sparse_group`` K-blocks runs in one
-        pass: the zero-skipping speedup is at most ``sparse_group``.
+        its activation from the ``sparse_group * rows`` bytes of a line (see ``gather``), so a
+        weight tile packed from the non-zero K-rows of up to ``sparse_group`` K-blocks runs in
+        one pass: the zero-skipping speedup is at most ``sparse_group``.
+    gather : str
+        How an array row picks its activation from a line. ``"crossbar"`` (the default):
+        row ``i`` reads any of the ``sparse_group * rows`` bytes its gather index names (a
+        ``sparse_group * rows``:1 select per row). ``"lane"``: row ``i`` reads byte ``i`` of
+        the sub-block its index names (index ``g * rows + i``; any other index reads 0), a
+        ``sparse_group``:1 select per row, so a packed tile keeps every K-row in its own lane
+        and a K-group takes as many tiles as its busiest lane has non-zero K-rows (N:M
+        sparsity balanced per lane still runs ``sparse_group`` times faster). For large
+        arrays on FPGAs, where the crossbar is what congests the routing.
     fetch_depth : int
         Instructions the fetch unit keeps in flight and queued ahead of dispatch, 1..64.
     unit_queue_depth : int
@@ -95,11 +109,11 @@ class NPUConfig:
     retime : bool
         Extra register stages for FPGA clock rates: among them an 11-stage requantiser (not
         5), the scratchpad line registered before the gather and the gathered vector
-        before the array (a gather from more than 16 bytes in two stages), each processing
-        element's operands and then its product registered before the add (array latency
-        ``R + C + 1``), registered
-        DMA burst lengths and a longer accumulator write-back (docs/architecture.md lists
-        them all). The ECP5 builds set it (see ``npu.synth.boards``).
+        before the array (a crossbar gather from more than 16 bytes in two stages), each
+        processing element's operands and then its product registered before the add (array
+        latency ``R + C + 1``), registered DMA burst lengths and a longer accumulator
+        write-back (docs/architecture.md lists them all). The ECP5 builds set it (see
+        ``npu.synth.boards``).
 
     ``fetch_depth``, ``unit_queue_depth``, ``requant_lanes``, ``requant_sequential``,
     ``load_queue_depth``, ``store_queue_depth``, ``zero_lookahead`` and ``retime`` change only
@@ -116,6 +130,7 @@ class NPUConfig:
     rounding: str = "double"
     param_slots: int = 16
     sparse_group: int = 4
+    gather: str = "crossbar"
     fetch_depth: int = 8
     unit_queue_depth: int = 4
     requant_lanes: int | None = None
@@ -141,6 +156,8 @@ class NPUConfig:
             raise ValueError(
                 f"Sparse group x array rows must be at most 128, not {self.sparse_group} x "
                 f"{self.rows}")
+        if self.gather not in GATHER_MODES:
+            raise ValueError(f"Gather must be 'crossbar' or 'lane', not {self.gather!r}")
         _check_positive_int("Scratchpad size", self.scratchpad_bytes)
         if not _is_pow2(self.scratchpad_bytes):
             raise ValueError(

@@ -81,8 +81,9 @@ class LoadWeightsBody(data.Struct):
     sp_addr + i (i < R), and gather index i <- byte i of line sp_addr + R (the metadata line).
 
     Lane i of each vector a later MATMUL streams is byte ``gather[i]`` of its line (0 when
-    ``gather[i] >= sparse_group * R``): a dense tile of sub-block g has gather[i] = g*R + i; a
-    packed sparse tile names the K-rows its non-zero weight rows belong to."""
+    ``gather[i] >= sparse_group * R``, and in a ``gather="lane"`` build when ``gather[i] % R
+    != i``): a dense tile of sub-block g has gather[i] = g*R + i; a packed sparse tile names
+    the K-rows its non-zero weight rows belong to."""
     sp_addr: 16
 
 

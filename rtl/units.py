@@ -4,7 +4,9 @@ Each unit is a ``wiring.Component``; ``core.py`` joins them to the memories, the
 semaphores and the memory bus. See docs/architecture.md for the timing of each unit.
 """
 
+import operator
 from contextlib import contextmanager
+from functools import reduce
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -112,11 +114,21 @@ def _sums_of_four(values):
     return [_tree_sum(values[i:i + 4]) for i in range(0, len(values), 4)]
 
 
-def _sub_blocks_used(indices, groups, rows):
+def _sub_blocks_used(indices, groups, rows, lane=False):
     """Bit g: some gather index lies in sub-block g (bytes ``g * rows`` to ``(g + 1) * rows``);
-    0xFF, an empty row, lies in none."""
+    0xFF, an empty row, lies in none. With ``lane`` (the lane gather), an index counts only
+    where it reads: index ``i`` naming byte ``i`` of the sub-block."""
+    if lane:
+        return Cat(Cat(idx == g * rows + i for i, idx in enumerate(indices)).any()
+                   for g in range(groups))
     return Cat(Cat(((idx >= g * rows) if g else 1) & (idx < (g + 1) * rows)
                    for idx in indices).any() for g in range(groups))
+
+
+def _lane_select(index, lane, groups, rows):
+    """The lane gather's select of row ``lane``: bit g when ``index`` is ``g * rows + lane``
+    (byte ``lane`` of sub-block g); no bit for any other index (the row reads 0)."""
+    return Cat(index == g * rows + lane for g in range(groups))
 
 
 def _burst_len(m, config, addr, beats_left):
@@ -599,7 +611,9 @@ class ExecuteUnit(wiring.Component):
     the unit moves on at once.
 
     Sparse unit: lane i of a vector is byte ``gather[i]`` of its scratchpad line, so a packed
-    tile draws each row's activation from the K-row its weights belong to. When accumulating,
+    tile draws each row's activation from the K-row its weights belong to (with the lane
+    gather, ``config.gather == "lane"``, only byte i of one sub-block: a
+    ``sparse_group``:1 select per lane instead of a crossbar). When accumulating,
     a line whose gathered sub-blocks are all zero (per-line flags written by LOAD) is not issued;
     the engine looks ``lookahead`` lines ahead, so it can pass over that many zero lines per
     cycle. Zero operands of the vectors it does issue are counted as gated MACs.
@@ -649,6 +663,7 @@ class ExecuteUnit(wiring.Component):
         R, C, G, L = cfg.rows, cfg.cols, cfg.sparse_group, cfg.line_bytes
         GR = cfg.gather_bytes
         W = self.lookahead
+        lane = cfg.gather == "lane"
         m.submodules.array = array = SystolicArray(cfg, tag_shape=AccTag(cfg))
         m.d.comb += array.o.ready.eq(1)
 
@@ -728,7 +743,7 @@ class ExecuteUnit(wiring.Component):
             with m.If(w_taken & (w_bank == b) & (w_s1_row == R)):
                 if not cfg.retime:
                     m.d.sync += used[b].eq(_sub_blocks_used(
-                        [self.sp_w.data[i] for i in range(R)], G, R))
+                        [self.sp_w.data[i] for i in range(R)], G, R, lane))
                 for i in range(R):
                     m.d.sync += gather[b][i].eq(self.sp_w.data[i])
         if cfg.retime:
@@ -736,7 +751,18 @@ class ExecuteUnit(wiring.Component):
             # are written (not from the RAM's output): a MATMUL's first skip decision comes
             # two cycles after its tile's metadata is written at the earliest.
             for b in range(2):
-                m.d.sync += used[b].eq(_sub_blocks_used(gather[b], G, R))
+                m.d.sync += used[b].eq(_sub_blocks_used(gather[b], G, R, lane))
+        if lane:
+            # The lane gather: per bank and row, the sub-block the row reads (one bit each);
+            # retimed, registered from the gather indices like `used` (so ready as early).
+            lane_sel = [[Signal(G, name=f"lane_sel{b}_{i}", reset_less=True)
+                         for i in range(R)] for b in range(2)]
+            for b in range(2):
+                for i in range(R):
+                    stage_if(m, cfg.retime, lane_sel[b][i],
+                             _lane_select(gather[b][i], i, G, R))
+        # What the read stage selects each row's byte by: the indices, or the lane selects.
+        reads = lane_sel if lane else gather
         w_busy = Signal()
         m.d.comb += w_busy.eq((w_left != 0) | w_s1)
 
@@ -801,14 +827,15 @@ class ExecuteUnit(wiring.Component):
             m.d.sync += s1.eq(active & found)
         # The read stage's gather indices: retimed, registered with the line's read (so the
         # bank select is not on the gather's path), otherwise selected there.
-        s1_gather = [Signal(8, name=f"s1_gather{i}", reset_less=True) for i in range(R)]
+        s1_gather = [Signal(len(reads[0][i]), name=f"s1_gather{i}", reset_less=True)
+                     for i in range(R)]
         if not cfg.retime:
-            m.d.comb += [s1_gather[i].eq(Mux(s1_bank, gather[1][i], gather[0][i]))
+            m.d.comb += [s1_gather[i].eq(Mux(s1_bank, reads[1][i], reads[0][i]))
                          for i in range(R)]
         with m.If(active):
             issued_last = found & (a_left == pick + 1)
             if cfg.retime:
-                m.d.sync += [s1_gather[i].eq(Mux(a_bank, gather[1][i], gather[0][i]))
+                m.d.sync += [s1_gather[i].eq(Mux(a_bank, reads[1][i], reads[0][i]))
                              for i in range(R)]
             m.d.sync += [
                 a_left.eq(a_left - step), a_addr.eq(a_addr + step), a_acc.eq(a_acc + step),
@@ -830,7 +857,7 @@ class ExecuteUnit(wiring.Component):
         # one of those groups by the high bits (a 64-byte gather: two 8:1 selects, not one
         # 64:1 select, 6 levels of logic with 512 data inputs per lane).
         n = min(GR, L)
-        split = cfg.retime and n > 16
+        split = cfg.retime and n > 16 and not lane
         span = 1 << (ceil_log2(n) // 2) if split else n
         # With late_skip, the line stage drops a line whose gathered sub-blocks its flags
         # (read with it) show all zero, unless it is the last of a MATMUL that pushes.
@@ -863,6 +890,15 @@ class ExecuteUnit(wiring.Component):
                         high=[rd["gather"][i][low:] for i in range(R)])
             lanes = [select(g1["high"][i], lambda h, i=i: g1["picks"][i * groups + h], groups,
                             f"lane{i}") for i in range(R)]
+        elif lane:
+            # Row i: byte i of the sub-block its select bit names (at most one is set), an
+            # AND-OR over the sparse group's bytes; none set (an empty row) reads 0.
+            lanes = []
+            for i in range(R):
+                out = Signal(signed(8), name=f"lane{i}")
+                m.d.comb += out.eq(reduce(operator.or_, (
+                    Mux(rd["gather"][i][g], rd["line"][g * R + i], 0) for g in range(G))))
+                lanes.append(out)
         else:
             lanes = [select(rd["gather"][i], lambda b: rd["line"][b], n, f"lane{i}")
                      for i in range(R)]

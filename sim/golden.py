@@ -67,12 +67,12 @@ Instructions
     ``i < R`` (the array's rows), and gather index ``i`` <- byte ``i`` of line ``sp_addr + R``.
 
     MATMUL: with ``load_weights``, first LOADW ``w_sp_addr``. Then for r < rows, the vector
-    ``x[i] = line(sp_addr + r)[gather[i]]`` as int8 (0 when ``gather[i] >= sparse_group * R``),
-    and ``acc[acc_addr + r] = (acc[acc_addr + r] if
-    accumulate else 0) + x @ W``, wrapping to int32. With ``accumulate``, row r is *skipped*
-    (not issued) when every sub-block ``g`` (bytes ``[g*R, (g+1)*R)`` of the line) that some
-    gather index points into is all zero, unless r is the last row and the MATMUL pushes a
-    token.
+    ``x[i] = line(sp_addr + r)[gather[i]]`` as int8 (0 when ``gather[i] >= sparse_group * R``,
+    and with ``config.gather == "lane"`` also when ``gather[i] % R != i``), and
+    ``acc[acc_addr + r] = (acc[acc_addr + r] if accumulate else 0) + x @ W``, wrapping to
+    int32. With ``accumulate``, row r is *skipped* (not issued) when every sub-block ``g``
+    (bytes ``[g*R, (g+1)*R)`` of the line) that some gather index reads from is all zero,
+    unless r is the last row and the MATMUL pushes a token.
 
     STORE: for r < rows, the first ``cols`` lanes of ``acc[acc_addr + r]`` go to ``addr +
     r*stride``: with ``raw`` as ``cols`` little-endian int32, else as ``cols`` int8 from
@@ -402,6 +402,8 @@ class _Core:
         rows, sp_addr, acc_addr = f["rows"], f["sp_addr"], f["acc_addr"]
         lines = self.sp[sp_addr:sp_addr + rows].view(np.int8).astype(np.int64)
         valid = self.gather < cfg.gather_bytes
+        if cfg.gather == "lane":
+            valid &= self.gather % R == np.arange(R)
         x = np.where(valid, lines[:, np.minimum(self.gather, cfg.line_bytes - 1)], 0)
         # Skipping: with accumulate, a row whose used sub-blocks are all zero adds nothing.
         used = sorted({int(g) // R for g in self.gather[valid]})

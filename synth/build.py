@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from npu.rtl.config import GATHER_MODES
 from npu.rtl.ecp5 import DSP_PARTIAL_PRODUCTS, DSP_PRODUCTS, DSP_SPAN
 from npu.rtl.stage import REPLICA_ATTR
 
@@ -294,6 +295,9 @@ def main(argv=None):
     parser.add_argument("--requant-lanes", type=int, default=None,
                         help="requantiser lanes (divides COLS; fewer lanes, fewer multipliers)")
     parser.add_argument("--sparse-group", type=int, default=None)
+    parser.add_argument("--gather", choices=GATHER_MODES, default=None,
+                        help="the sparse unit's gather: any byte of a line (crossbar, the "
+                             "default) or each row's own byte of one sub-block (lane)")
     parser.add_argument("--pe-mult", choices=("auto", "dsp", "lut", "mixed"), default="auto",
                         help="where the PE multipliers go (auto: DSPs if they all fit, else "
                              "mixed: as many as fit)")
@@ -314,7 +318,8 @@ def main(argv=None):
             mem_bytes=args.mem_kib * 1024 if args.mem_kib else None,
             scratchpad_bytes=args.scratchpad_bytes, acc_rows=args.acc_rows,
             bus_width=args.bus_width, param_slots=args.param_slots, rounding=args.rounding,
-            requant_lanes=args.requant_lanes, sparse_group=args.sparse_group)
+            requant_lanes=args.requant_lanes, sparse_group=args.sparse_group,
+            gather=args.gather)
         pins_pe_dsps(args.board, config, args.pe_mult, args.pin_dsps)
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))

@@ -10,7 +10,7 @@ def test_defaults_describe_an_8x8_single_core_npu():
     assert (c.rows, c.cols, c.cores, c.bus_width, c.rounding) == (8, 8, 1, 64, "double")
     assert c.macs_per_cycle == 64
     # A line holds sparse_group (4) sub-blocks of 8 activations: 32 bytes.
-    assert c.sparse_group == 4 and c.gather_bytes == 32
+    assert c.sparse_group == 4 and c.gather_bytes == 32 and c.gather == "crossbar"
     assert c.line_bytes == 32 and c.bus_bytes == 8
     assert c.sp_lines == c.scratchpad_bytes // 32
 
@@ -40,6 +40,7 @@ def test_config_takes_keywords_only():
     ({"sparse_group": 17}, ValueError, "Sparse group must be at most 16, not 17"),
     ({"rows": 64, "sparse_group": 4}, ValueError,
      "Sparse group x array rows must be at most 128, not 4 x 64"),
+    ({"gather": "any"}, ValueError, "Gather must be 'crossbar' or 'lane', not 'any'"),
     ({"acc_rows": 100}, ValueError, "Accumulator rows must be a power of two, not 100"),
     ({"acc_rows": 4}, ValueError, "Accumulator rows must be at least the array rows (8), not 4"),
     ({"bus_width": 48}, ValueError, "Bus width must be one of 32, 64, 128 bits, not 48"),

@@ -180,6 +180,59 @@ def test_matmul_streams_back_to_back_through_a_shared_accumulator_row(retime, ro
     np.testing.assert_array_equal(hw.memory, gold.memory)
 
 
+@pytest.mark.parametrize("timing", [{}, {"retime": True}, {"retime": True, "zero_lookahead": 1}],
+                         ids=["plain", "retimed", "retimed-late-skip"])
+def test_lane_gather_reads_each_rows_own_byte_of_a_sub_block_or_zero(timing):
+    # R = 4, C = 3, G = 4: 16-byte lines of four 4-byte sub-blocks. Row i reads byte
+    # g*4 + i of the line when its index is g*4 + i, and 0 for any other index.
+    config = NPUConfig(rows=4, cols=3, gather="lane", **timing)
+    lines = np.array([[-128, 127] + list(range(-20, 36, 4)),
+                      [3 * j - 7 for j in range(16)],
+                      [9] + [0] * 15], np.int8)   # only byte 0 (sub-block 0) non-zero
+    weights = np.array([[1, -2, 3], [-128, 127, 5], [7, 0, -1], [2, 2, 127]], np.int8)
+    gathers = [[8, 9, 10, 11],      # sub-block 2, dense
+               [12, 1, 255, 7],     # sub-blocks 3, 0, none, 1
+               [1, 0, 3, 2],        # every index in another row's lane: all read 0
+               [4, 0, 6, 15]]       # row 1's index is row 0's byte: 0; sub-blocks 1, 3 used
+    memory = np.zeros(0x4000, np.uint8)
+    memory[0x1000:0x1030] = lines.view(np.uint8).reshape(-1)
+    p = Program().load(0, 3, 16, 16, 0x1000)
+    for t, gather in enumerate(gathers):
+        base = 0x1100 + 0x40 * t
+        memory[base:base + 4 * 8].reshape(4, 8)[:, :3] = weights.view(np.uint8)
+        memory[base + 0x20:base + 0x24] = gather
+        p.load(3 + 5 * t, 4, 3, 8, base).load(7 + 5 * t, 1, 4, 0, base + 0x20)
+    p.barrier()
+    for t in range(len(gathers)):
+        p.loadw(3 + 5 * t).matmul(0, 3 * t, 3)
+    # The last tile again, accumulating: the third line's only non-zero byte is in sub-block
+    # 0, which the tile reads nothing from (row 1's index 0 is not its lane), so it is skipped.
+    p.loadw(3 + 5 * 3).matmul(0, 9, 3, accumulate=True)
+    p.barrier().store(0, 12, 3, 16, 0x2000, raw=True).end()
+    words = np.frombuffer(p.to_bytes(), np.uint8)
+    memory[:len(words)] = words
+    hw, gold = run_both(config, type("Image", (), {"memory": memory, "starts": [0]})())
+    x = lines.astype(np.int64)
+    expected = []
+    for t, gather in enumerate(gathers):
+        vec = np.zeros((3, 4), np.int64)
+        for i, g in enumerate(gather):
+            if g < 16 and g % 4 == i:
+                vec[:, i] = x[:, g]
+        expected.append(vec @ weights.astype(np.int64) * (2 if t == 3 else 1))
+    got = hw.memory[0x2000:0x2000 + 12 * 16].view("<i4").reshape(12, 4)[:, :3]
+    np.testing.assert_array_equal(got, np.concatenate(expected))
+    np.testing.assert_array_equal(got[6:9], 0)                    # all indices out of lane
+    # By hand: tile 1 on line 0 reads x = [line[12], line[1], 0, line[7]] = [20, 127, 0, 0].
+    np.testing.assert_array_equal(got[3], [20 - 127 * 128, -2 * 20 + 127 * 127, 60 + 5 * 127])
+    np.testing.assert_array_equal(hw.memory, gold.memory)
+    [h], [g] = hw.cores, gold.cores
+    assert h.state == CoreState.DONE
+    assert h.counters["passes_skipped"] == g.counters["passes_skipped"] == 1
+    for name in ("macs", "macs_skipped"):
+        assert h.counters[name] == g.counters[name], name
+
+
 @pytest.mark.parametrize("slots, barriers", [(4, 0), (1, 5)])
 def test_more_n_blocks_than_parameter_slots(slots, barriers):
     # 6 N-blocks, resident activations: with 4 slots each slot is reloaded as soon as tokens

@@ -66,6 +66,19 @@ def test_icebreaker_runs_at_its_oscillator_only():
         BoardTop("icebreaker", config, mem_bytes=mem_bytes, clock_hz=48e6)
 
 
+@pytest.mark.parametrize("gather, stage", [("crossbar", "g1_picks"), ("lane", "lane_sel")])
+def test_ulx3s_gather_of_32_bytes_is_a_two_stage_crossbar_or_one_select_per_lane(gather, stage):
+    # 8 rows x sparse group 4: each row gathers from a 32-byte line. The crossbar selects in
+    # two registered stages (first-stage picks g1_picks*); the lane gather has per-row
+    # sub-block selects (lane_sel*) and no first stage.
+    config, mem_bytes = board_config("ulx3s-85f", cores=1, rows=8, cols=2, gather=gather)
+    assert config.gather == gather
+    top = BoardTop("ulx3s-85f", config, mem_bytes=mem_bytes)
+    rtlil = BOARDS["ulx3s-85f"].platform().build(top, name="top", do_build=False).files["top.il"]
+    other = {"g1_picks": "lane_sel", "lane_sel": "g1_picks"}[stage]
+    assert f"\\{stage}" in rtlil and f"\\{other}" not in rtlil
+
+
 def test_board_config_applies_defaults_and_checks():
     config, mem_bytes = board_config("ulx3s-85f", cores=4, rows=8, cols=8)
     assert (config.cores, config.macs_per_cycle, mem_bytes) == (4, 256, 65536)
