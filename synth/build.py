@@ -162,7 +162,8 @@ _NO_COLLISION = (
 _KEEP_REPLICAS = f"setattr -set keep 1 a:{REPLICA_ATTR} %ci1 t:$dff %i"
 
 
-def _overrides(board, config, pe_mult, seed, place_only=False, router=None, pin_dsps=False):
+def _overrides(board, config, pe_mult, seed, place_only=False, router=None, pin_dsps=False,
+               placer=None):
     family = BOARDS[board].family
     booth = []
     on_dsp = pe_dsp_count(board, config, pe_mult)
@@ -196,13 +197,14 @@ def _overrides(board, config, pe_mult, seed, place_only=False, router=None, pin_
                          "--seed", str(seed),
                          # Placed only: the placed netlist, for ``synth.placed_timing``.
                          *(["--no-route", "--write", "top.placed.json"] if place_only else []),
+                         *(["--placer", placer] if placer else []),
                          *(["--router", router] if router else [])],
     }
 
 
 def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
           build_dir=None, reports_dir=REPORTS_DIR, command=None, log=print, place_only=False,
-          router=None, pin_dsps=False):
+          router=None, pin_dsps=False, placer=None):
     """Build ``config`` for ``board``; return the report dictionary (also written to disk).
 
     With ``place_only`` nextpnr stops after placement (``--no-route``): the report gives the
@@ -210,7 +212,8 @@ def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
     for designs whose routing takes too long to iterate on. Its files end in ``_placed``, and
     the build directory keeps the placed netlist (``top.placed.json``), which
     ``python -m npu.synth.placed_timing`` ranks the paths of.
-    ``router`` picks nextpnr's router (``router1``, its default, or ``router2``).
+    ``placer`` and ``router`` pick nextpnr's placer (``heap``, its default, or ``static``) and
+    router (``router1``, its default, or ``router2``).
     ``pin_dsps`` pins the PEs' DSPs to sites (``synth.floorplan``, :func:`pins_pe_dsps`).
     """
     spec = BOARDS[board]
@@ -235,7 +238,7 @@ def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
         f"target {top.clock_hz / 1e6:g} MHz, memory {mem_bytes // 1024} KiB -> {build_dir}")
     plan = board_platform(board, config, pe_mult).build(
         top, name="top", do_build=False,
-        **_overrides(board, config, pe_mult, seed, place_only, router, pin_dsps))
+        **_overrides(board, config, pe_mult, seed, place_only, router, pin_dsps, placer))
     plan.extract(str(build_dir))
     start = time.monotonic()
     with open(build_dir / "build.log", "w") as out:
@@ -304,6 +307,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1, help="nextpnr placer seed")
     parser.add_argument("--place-only", action="store_true",
                         help="stop after placement: resources and an Fmax estimate")
+    parser.add_argument("--placer", choices=("heap", "static"), default=None,
+                        help="nextpnr's placer (default: nextpnr's, heap)")
     parser.add_argument("--router", choices=("router1", "router2"), default=None,
                         help="nextpnr's router (default: nextpnr's, router1)")
     parser.add_argument("--pin-dsps", action="store_true",
@@ -330,6 +335,7 @@ def main(argv=None):
               clock_hz=args.clock_mhz * 1e6 if args.clock_mhz else None,
               pe_mult=args.pe_mult, seed=args.seed, build_dir=args.build_dir,
               place_only=args.place_only, router=args.router, pin_dsps=args.pin_dsps,
+              placer=args.placer,
               reports_dir=args.reports_dir, command=command)
     except (FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

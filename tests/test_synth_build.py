@@ -167,6 +167,9 @@ def test_a_placed_only_build_is_an_estimate_and_never_passes(tmp_path):
     opts = _overrides("ulx3s-85f", config, "dsp", 1, router="router2")["nextpnr_opts"]
     assert opts[opts.index("--router") + 1] == "router2"
     assert "--router" not in _overrides("ulx3s-85f", config, "dsp", 1)["nextpnr_opts"]
+    opts = _overrides("ulx3s-85f", config, "dsp", 1, placer="static")["nextpnr_opts"]
+    assert opts[opts.index("--placer") + 1] == "static"
+    assert "--placer" not in _overrides("ulx3s-85f", config, "dsp", 1)["nextpnr_opts"]
 
 
 def test_fmax_estimate_is_read_from_the_log_when_the_report_has_none():
