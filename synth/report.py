@@ -23,7 +23,8 @@ __all__ = [
 
 
 def report_stem(board, config):
-    return f"{board}_{config.cores}x{config.rows}x{config.cols}"
+    lane = "_lane" if config.gather == "lane" else ""
+    return f"{board}_{config.cores}x{config.rows}x{config.cols}{lane}"
 
 
 def parse_nextpnr_report(text):

@@ -75,7 +75,8 @@ def render_table(reports_dir=REPORTS_DIR):
             result = "below target"
         gops = r["peak_gops_at_fmax"]
         lines.append(
-            f"| {r['board']} ({r['device']}) | {cfg['cores']} x {cfg['rows']}x{cfg['cols']} "
+            f"| {r['board']} ({r['device']}) | {cfg['cores']} x {cfg['rows']}x{cfg['cols']}"
+            f"{', lane gather' if cfg.get('gather') == 'lane' else ''} "
             f"| {cfg['macs']} | {lut_text} | {res['ffs']['used']} | {_used(res['dsps'])} "
             f"| {rams} | {fmax if fmax is not None else '-'} | {r['target_mhz']:g} | {result} "
             f"| {gops if gops is not None else '-'} | `{make_line(r['command'])}` |")

@@ -16,12 +16,14 @@ from npu.synth.build import (
     pe_mult_choice,
 )
 from npu.synth.build import main as build_main
+from npu.synth.table import render_table
 from npu.synth.report import (
     parse_critical_paths,
     parse_fmax_log,
     parse_nextpnr_report,
     parse_utilisation_log,
     parse_yosys_cells,
+    report_stem,
     summarise,
     write_reports,
 )
@@ -147,6 +149,20 @@ def test_small_ecp5_build_reports_resources_and_fmax(tmp_path):
     assert res["dsps"]["used"] >= 4 + 4 * 2       # PE products and requantiser on DSPs
     assert res["rams"]["DP16KD"]["used"] > 0
     assert report["fmax_mhz"] > 10
+
+
+def test_a_lane_gather_build_has_its_own_report_and_row(tmp_path):
+    config, mem_bytes = board_config("ulx3s-85f", cores=1, rows=2, cols=2, gather="lane")
+    assert report_stem("ulx3s-85f", config) == "ulx3s-85f_1x2x2_lane"
+    assert report_stem("ulx3s-85f", board_config("ulx3s-85f", cores=1, rows=2, cols=2)[0]) \
+        == "ulx3s-85f_1x2x2"
+    utilization, fmax = parse_nextpnr_report(json.dumps(NEXTPNR_REPORT))
+    report = summarise(BOARDS["ulx3s-85f"], config, mem_bytes=mem_bytes, clock_hz=100e6,
+                       pe_mult="dsp", utilization=utilization, fmax=fmax, paths={},
+                       yosys_cells={}, seconds=1.0, command="make synth")
+    assert report["config"]["gather"] == "lane"
+    write_reports(report, tmp_path, report_stem("ulx3s-85f", config))
+    assert "| 1 x 2x2, lane gather |" in render_table(tmp_path)
 
 
 def test_a_placed_only_build_is_an_estimate_and_never_passes(tmp_path):
