@@ -149,8 +149,8 @@ def pack_weights(config, w, *, sparse=True):
 
     With ``sparse``, K-rows that are zero for a whole N-block are left out and the rest of
     each K-group packed R to a tile (with the lane gather, each into the tile row of its
-    lane); without, every K-group gives ``ceil(rows / R)`` dense
-    tiles. Either way the gather indices make the result exactly ``A @ w``.
+    lane); without, every K-group gives ``ceil(rows / R)`` dense tiles. Either way the gather
+    indices make the result exactly ``A @ w``.
     """
     K, N = w.shape
     R, C, B = config.rows, config.cols, config.bus_bytes

@@ -119,8 +119,8 @@ def _sub_blocks_used(indices, groups, rows, lane=False):
     0xFF, an empty row, lies in none. With ``lane`` (the lane gather), an index counts only
     where it reads: index ``i`` naming byte ``i`` of the sub-block."""
     if lane:
-        return Cat(Cat(idx == g * rows + i for i, idx in enumerate(indices)).any()
-                   for g in range(groups))
+        return reduce(operator.or_, (_lane_select(idx, i, groups, rows)
+                                     for i, idx in enumerate(indices)))
     return Cat(Cat(((idx >= g * rows) if g else 1) & (idx < (g + 1) * rows)
                    for idx in indices).any() for g in range(groups))
 
