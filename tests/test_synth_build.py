@@ -16,7 +16,6 @@ from npu.synth.build import (
     pe_mult_choice,
 )
 from npu.synth.build import main as build_main
-from npu.synth.table import render_table
 from npu.synth.report import (
     parse_critical_paths,
     parse_fmax_log,
@@ -27,6 +26,7 @@ from npu.synth.report import (
     summarise,
     write_reports,
 )
+from npu.synth.table import render_table
 
 # nextpnr's --report format (docs/report.md of nextpnr), with one critical path.
 NEXTPNR_REPORT = {
