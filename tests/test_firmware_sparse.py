@@ -137,8 +137,7 @@ def lane_balanced(rng, K, N, keep, cfg):
     w.reshape(-1)[:2] = [-128, 127]
     for q in range(0, K, G * R):
         for i in range(R):
-            ks = [k for k in range(q + i, min(q + G * R, K), R)]
-            w[rng.permutation(ks)[keep:]] = 0
+            w[rng.permutation(range(q + i, min(q + G * R, K), R))[keep:]] = 0
     return w
 
 

@@ -216,9 +216,9 @@ def test_lane_gather_reads_each_rows_own_byte_of_a_sub_block_or_zero(timing):
     expected = []
     for t, gather in enumerate(gathers):
         vec = np.zeros((3, 4), np.int64)
-        for i, g in enumerate(gather):
-            if g < 16 and g % 4 == i:
-                vec[:, i] = x[:, g]
+        for i, index in enumerate(gather):
+            if index < 16 and index % 4 == i:
+                vec[:, i] = x[:, index]
         expected.append(vec @ weights.astype(np.int64) * (2 if t == 3 else 1))
     got = hw.memory[0x2000:0x2000 + 12 * 16].view("<i4").reshape(12, 4)[:, :3]
     np.testing.assert_array_equal(got, np.concatenate(expected))
