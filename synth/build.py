@@ -238,7 +238,8 @@ def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
         f"target {top.clock_hz / 1e6:g} MHz, memory {mem_bytes // 1024} KiB -> {build_dir}")
     plan = board_platform(board, config, pe_mult).build(
         top, name="top", do_build=False,
-        **_overrides(board, config, pe_mult, seed, place_only, router, pin_dsps, placer))
+        **_overrides(board, config, pe_mult, seed, place_only=place_only, router=router,
+                     pin_dsps=pin_dsps, placer=placer))
     plan.extract(str(build_dir))
     start = time.monotonic()
     with open(build_dir / "build.log", "w") as out:

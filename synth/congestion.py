@@ -3,10 +3,10 @@
 nextpnr's router2 with ``--router2-heatmap PREFIX`` writes, after each of its iterations N,
 ``PREFIX_congestion_by_coordinate_N.csv``: one line per tile column X, one value per tile
 row Y, the nets on that tile's overused routing wires (a wire two nets want counts 2; a
-wire with one net, 0). This module spreads
-those counts over the cells the placement put on each tile and adds them up by the part of
-the design a cell belongs to (:func:`part_of`: the first levels of its hierarchical name,
-down to the signal it was made for, with array indices folded).
+wire with one net, 0). This module spreads those counts over the cells the placement put on
+each tile and adds them up by the part of the design a cell belongs to (:func:`part_of`: the
+first levels of its hierarchical name, down to the signal it was made for, with array indices
+folded).
 
 A placed-only build (``--place-only``) keeps its placement in ``top.placed.json``; in its
 build directory, router2 takes it up where the placer left it (the netlist's own settings

@@ -1,6 +1,7 @@
 """The NPU running programs in the Amaranth simulator, against numpy and the golden model."""
 
 import dataclasses
+import types
 
 import numpy as np
 import pytest
@@ -28,6 +29,11 @@ def random_int8(rng, shape):
     x = rng.integers(-128, 128, size=shape).astype(np.int8)
     x.reshape(-1)[:2] = [-128, 127]
     return x
+
+
+def one_core_image(memory):
+    """A hand-made program image: ``memory`` with core 0 starting at address 0."""
+    return types.SimpleNamespace(memory=memory, starts=[0])
 
 
 def run_both(config, image, windows=None, **timing):
@@ -168,7 +174,7 @@ def test_matmul_streams_back_to_back_through_a_shared_accumulator_row(retime, ro
     p.end()
     words = np.frombuffer(p.to_bytes(), np.uint8)
     memory[:len(words)] = words
-    hw, gold = run_both(config, type("Image", (), {"memory": memory, "starts": [0]})())
+    hw, gold = run_both(config, one_core_image(memory))
     a = memory[0x1000:0x1080].view(np.int8).reshape(16, 8)[:, :4].astype(np.int64)
     w = memory[0x1100:0x1120].view(np.int8).reshape(4, 8)[:, :4].astype(np.int64)
     expected = np.zeros((out_rows, 4), np.int64)
@@ -211,7 +217,7 @@ def test_lane_gather_reads_each_rows_own_byte_of_a_sub_block_or_zero(timing):
     p.barrier().store(0, 12, 3, 16, 0x2000, raw=True).end()
     words = np.frombuffer(p.to_bytes(), np.uint8)
     memory[:len(words)] = words
-    hw, gold = run_both(config, type("Image", (), {"memory": memory, "starts": [0]})())
+    hw, gold = run_both(config, one_core_image(memory))
     x = lines.astype(np.int64)
     expected = []
     for t, gather in enumerate(gathers):
