@@ -15,6 +15,13 @@ gives is a ranking: which endpoints a placement leaves worst, and through which 
 ``python -m npu.synth.placed_timing build/synth/<stem>_placed/top.placed.json`` prints the
 worst paths (one per endpoint register group) and how many endpoints lie in each range; with
 ``--pe-dsps``, how far each PE's DSP lies from the PE's other cells (:func:`pe_dsp_distances`).
+
+A routed design has nextpnr's own timing: with ``--detailed-timing-report`` its report gives
+the arrival time at every cell input (:func:`routed_arrivals`). With ``--routed REPORT``
+those arrivals replace the model wherever they exist, so the ranking is nextpnr's and lists
+every endpoint a routed build fails, where nextpnr prints only its worst path. The routed
+netlist (``--write``) and that report come from one nextpnr run, e.g. the build's own
+command with ``--write routed.json --detailed-timing-report`` added.
 """
 
 import argparse
@@ -25,7 +32,7 @@ import sys
 from collections import Counter, defaultdict
 
 __all__ = ["CELL", "MAPPING_SUFFIX", "PlacedTiming", "cell_location", "main",
-           "pe_dsp_distances"]
+           "pe_dsp_distances", "routed_arrivals"]
 
 ROUTE_SAME_TILE = 0.1
 ROUTE_BASE = 0.3
@@ -56,10 +63,13 @@ _ENDPOINTS = {"TRELLIS_FF", "DP16KD", "MULT18X18D", "TRELLIS_COMB"}
 
 class PlacedTiming:
     """The longest arrival at every register input of a placed netlist (a Yosys-style JSON
-    dictionary with nextpnr's ``NEXTPNR_BEL`` placement attributes)."""
+    dictionary with nextpnr's ``NEXTPNR_BEL`` placement attributes). ``arrivals``, if given,
+    maps (cell, input port) to nextpnr's arrival time there (:func:`routed_arrivals`), which
+    replaces the model's for the inputs it names."""
 
-    def __init__(self, netlist, top="top"):
+    def __init__(self, netlist, top="top", arrivals=None):
         module = netlist["modules"][top]
+        self.arrivals = arrivals or {}
         self.cells = module["cells"]
         self.names = {}
         for name, net in module["netnames"].items():
@@ -123,13 +133,18 @@ class PlacedTiming:
                         delay = (CELL["ramw"] if kind == "TRELLIS_RAMW" else
                                  CELL["carry_first"] if carry else
                                  CELL["mux"] if port in _MUX_IN else CELL["lut"])
-                    time = self.arrival(in_bit)[0] + wire + delay
+                    time = self._input_arrival(in_bit, name, port, wire) + delay
                     if time > result[0]:
                         result = (time, (in_bit, name, port))
         else:
             result = (0.0, None)
         self._arrival[bit] = result
         return result
+
+    def _input_arrival(self, bit, cell, port, wire):
+        if (cell, port) in self.arrivals:
+            return self.arrivals[cell, port]
+        return self.arrival(bit)[0] + wire
 
     def endpoints(self):
         """Every timed register input: (arrival incl. setup, net bit, cell, port), worst
@@ -151,8 +166,8 @@ class PlacedTiming:
                     setup = CELL["dsp_input"]
                 for bit in bits:
                     if self._timed(bit):
-                        time = (self.arrival(bit)[0] + self.route(self.driver[bit][0], name)
-                                + setup)
+                        wire = self.route(self.driver[bit][0], name)
+                        time = self._input_arrival(bit, name, port, wire) + setup
                         ends.append((time, bit, name, port))
         ends.sort(key=lambda end: -end[0])
         return ends
@@ -167,6 +182,16 @@ class PlacedTiming:
             steps.append((time, name, port, self.names.get(bit, "?"), self.location(name)))
             bit = through[0] if through else None
         return steps[::-1]
+
+
+def routed_arrivals(report):
+    """``{(cell, input port): ns}``: nextpnr's latest arrival time at each cell input, from
+    its JSON report written with ``--detailed-timing-report``."""
+    if "detailed_net_timings" not in report:
+        raise ValueError("the report has no per-net timing: nextpnr writes it with "
+                         "--detailed-timing-report")
+    return {(end["cell"], end["port"]): max(end["delay"])
+            for net in report["detailed_net_timings"] for end in net["endpoints"]}
 
 
 def cell_location(cell):
@@ -212,10 +237,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m npu.synth.placed_timing",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("netlist", help="a placed netlist (top.placed.json of a --place-only "
-                                        "build)")
+                                        "build, or nextpnr's --write after routing)")
     parser.add_argument("-n", type=int, default=20, help="paths to print (default 20)")
     parser.add_argument("--match", default=None,
                         help="only endpoints whose cell name contains this")
+    parser.add_argument("--routed", metavar="REPORT", default=None,
+                        help="nextpnr's JSON report of the run that routed the netlist, "
+                             "written with --detailed-timing-report: rank by its timing")
     parser.add_argument("--pe-dsps", action="store_true",
                         help="instead: how far each PE's DSP lies from the PE's other cells")
     args = parser.parse_args(argv)
@@ -230,7 +258,11 @@ def main(argv=None):
               f"{statistics.median(tiles):.1f}, 90th percentile {tiles[int(0.9 * len(tiles))]:.1f}, "
               f"max {tiles[-1]:.1f}")
         return
-    timing = PlacedTiming(netlist)
+    arrivals = None
+    if args.routed:
+        with open(args.routed) as f:
+            arrivals = routed_arrivals(json.load(f))
+    timing = PlacedTiming(netlist, arrivals=arrivals)
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 100_000))
     ends = timing.endpoints()
     shown = set()

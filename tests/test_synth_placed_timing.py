@@ -1,5 +1,6 @@
 """The placed-netlist timing ranker on hand-made placed netlists, against its model worked
-out by hand (``ROUTE_*`` per tile of Manhattan distance, constant cell delays)."""
+out by hand (``ROUTE_*`` per tile of Manhattan distance, constant cell delays), and with a
+routed run's arrival times in place of the model."""
 
 import json
 
@@ -13,6 +14,7 @@ from npu.synth.placed_timing import (
     PlacedTiming,
     main,
     pe_dsp_distances,
+    routed_arrivals,
 )
 
 _DIRECTIONS = {
@@ -139,3 +141,37 @@ def test_pe_dsp_distances_are_from_each_dsp_to_its_own_pes_cells(tmp_path, capsy
     assert capsys.readouterr().out.strip() == (
         "2 PE DSPs, tiles from each to its PE's other cells: median 6.0, 90th percentile 11.0, "
         "max 11.0")
+
+
+def test_routed_arrivals_replace_the_model_where_nextpnr_gives_them(tmp_path, capsys):
+    """A report's per-net timing is the arrival at each sink: those inputs take it as is, the
+    cells after them add their modelled delay, inputs it does not name keep the model."""
+    cells = {
+        "src": cell("TRELLIS_FF", 0, 0, {"Q": 2}),
+        "lut": cell("TRELLIS_COMB", 1, 0, {"A": 2, "F": 3}, MODE="LOGIC"),
+        "dst": cell("TRELLIS_FF", 1, 0, {"DI": 3}),
+        "other": cell("TRELLIS_FF", 9, 0, {"DI": 2}),
+    }
+    report = {"detailed_net_timings": [
+        {"net": "src_q", "driver": "src", "port": "Q",
+         "endpoints": [{"cell": "lut", "port": "A", "delay": [1.0, 4.5]}]},
+        {"net": "sum", "driver": "lut", "port": "F",
+         "endpoints": [{"cell": "dst", "port": "DI", "delay": [2.0, 9.25]}]},
+    ]}
+    arrivals = routed_arrivals(report)
+    assert arrivals == {("lut", "A"): 4.5, ("dst", "DI"): 9.25}
+    timing = PlacedTiming(netlist(cells), arrivals=arrivals)
+    times = {name: time for time, _, name, _ in timing.endpoints()}
+    assert times["dst"] == pytest.approx(9.25 + CELL["setup"])
+    assert times["other"] == pytest.approx(CELL["ff"] + route(9, 0) + CELL["setup"])
+    assert timing.arrival(3)[0] == pytest.approx(4.5 + CELL["lut"])
+
+    # The command takes the report beside the routed netlist.
+    (tmp_path / "routed.json").write_text(json.dumps(netlist(cells)))
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    main([str(tmp_path / "routed.json"), "--routed", str(tmp_path / "report.json"), "-n", "1"])
+    assert capsys.readouterr().out.split()[:3] == [f"{9.25 + CELL['setup']:.2f}", "ns",
+                                                   "dst.DI"]
+    # A report without per-net timing is refused with the option that writes it.
+    with pytest.raises(ValueError, match="--detailed-timing-report"):
+        routed_arrivals({"fmax": {}})
