@@ -3,8 +3,9 @@
 An ``amaranth.lib.memory.Memory`` (block RAM), or on the iCE40UP5K the single-port SPRAM
 blocks, instantiated directly (Yosys does not infer them for a zero-initialised memory). Reads
 and writes share one RAM address, so either kind works; bursts are served one at a time, reads
-and writes taking turns, each at one beat per cycle. Pipelined, the RAM is banks of 4 KB
-whose outputs are registered before they are selected, and reads go through a short queue.
+and writes taking turns, each at one beat per cycle. Pipelined, the RAM is cut along the bus
+into slices a few bits wide and a block RAM deep, so no read selects between banks; each
+slice's output is registered, and reads go through a short queue.
 """
 
 from amaranth import Cat, ClockSignal, Instance, Module, Mux, Signal
@@ -38,11 +39,14 @@ class AXI4OnChipMemory(wiring.Component):
         Build the RAM from iCE40UP5K ``SB_SPRAM256KA`` blocks (16K x 16 bits each, at most
         four) when elaborated for a platform; the simulator always uses the ``Memory``.
     pipelined : bool
-        For FPGA clock rates: the RAM is banks of ``BANK_BYTES``, each bank's read registered
-        before the banks are selected (block RAM's clock-to-output and the route to the
-        selection are separate cycles), and the address comes straight from a register. A read
-        burst's first beat is valid four cycles after its AR handshake (not one); beats queue
-        in ``READ_QUEUE`` entries, so ``rready`` low never loses one. Not with ``spram``.
+        For FPGA clock rates: the RAM is slices of the bus, each ``SLICE_BITS`` bits of RAM
+        (an ECP5 DP16KD: a 64 KB memory of 64-bit words is 32 slices of 8K x 2 bits), so every
+        slice holds its bits of every word and a read selects no bank; each slice is one
+        read/write port (reads and writes share the address), its read registered, and the
+        address comes straight from a register. Memories deeper than a slice are banks of
+        slices, selected after the registers. A read burst's first beat is valid four cycles
+        after its AR handshake (not one); beats queue in ``READ_QUEUE`` entries, so ``rready``
+        low never loses one. Not with ``spram``.
 
     Ports
     -----
@@ -51,14 +55,15 @@ class AXI4OnChipMemory(wiring.Component):
     Attributes
     ----------
     data : list of MemoryData
-        The contents, one bus beat per row (for tests to peek): one bank, or the pipelined
-        banks in address order.
+        The contents (for tests to peek): one bus beat per row, or pipelined, the slices, by
+        bank in address order and within a bank from the bus's low bits up.
     """
 
     #: SPRAM geometry: depth and width of one SB_SPRAM256KA, and how many a UP5K has.
     SPRAM_DEPTH, SPRAM_WIDTH, SPRAM_COUNT = 16384, 16, 4
-    #: Pipelined: bytes per bank (a few block RAMs deep), and read beats queued.
-    BANK_BYTES, READ_QUEUE = 4096, 4
+    #: Pipelined: bits of RAM per slice (one DP16KD), the widest slice (the widest true
+    #: dual-port block RAM shape, 1K x 18, with its byte lanes), and read beats queued.
+    SLICE_BITS, SLICE_WIDTH, READ_QUEUE = 16384, 16, 4
 
     def __init__(self, signature, *, size, init=(), spram=False, pipelined=False):
         if not isinstance(signature, AXI4Signature):
@@ -81,10 +86,17 @@ class AXI4OnChipMemory(wiring.Component):
             raise ValueError("A pipelined memory is block RAM, not SPRAM")
         self.pipelined = bool(pipelined)
         depth = size // bus_bytes
-        bank_depth = min(depth, self.BANK_BYTES // bus_bytes) if pipelined else depth
-        self.data = [MemoryData(shape=signature.data_width, depth=bank_depth,
-                                init=words[b:b + bank_depth])
-                     for b in range(0, depth, bank_depth)]
+        if pipelined:
+            self.bank_depth = min(depth, self.SLICE_BITS)
+            self.slice_width = min(self.SLICE_WIDTH, signature.data_width,
+                                   self.SLICE_BITS // self.bank_depth)
+        else:
+            self.bank_depth, self.slice_width = depth, signature.data_width
+        mask = (1 << self.slice_width) - 1
+        self.data = [MemoryData(shape=self.slice_width, depth=self.bank_depth,
+                                init=[w >> low & mask for w in words[b:b + self.bank_depth]])
+                     for b in range(0, depth, self.bank_depth)
+                     for low in range(0, signature.data_width, self.slice_width)]
         self.spram = bool(spram)
         if self.spram:
             blocks = (signature.data_width // self.SPRAM_WIDTH) \
@@ -190,26 +202,32 @@ class AXI4OnChipMemory(wiring.Component):
         return m
 
     def _elaborate_banks(self, m, addr, wdata, we):
-        """The pipelined RAM: each bank read at ``addr``, its output registered, the bank
-        selected a cycle later. Returns the data read at the address of two cycles before."""
-        depth = self.data[0].depth
-        low = exact_log2(depth)
-        bank = addr[low:low + max(0, exact_log2(len(self.data)))]
+        """The pipelined RAM: each slice read and written at ``addr``, its output registered;
+        with more than one bank, the bank selected after the registers. Returns the data read
+        at the address of two cycles before."""
+        low = exact_log2(self.bank_depth)
+        slices = len(wdata) // self.slice_width
+        banks = len(self.data) // slices
+        bank = addr[low:low + exact_log2(banks)]
         bank_r, bank_rr = Signal.like(bank), Signal.like(bank)
         m.d.sync += [bank_r.eq(bank), bank_rr.eq(bank_r)]
         outs = []
-        for b, contents in enumerate(self.data):
-            m.submodules[f"bank{b}"] = mem = Memory(data=contents)
-            rd = mem.read_port()
-            wr = mem.write_port(granularity=8)
-            selected = (bank == b) if len(self.data) > 1 else 1
+        for b in range(banks):
+            selected = (bank == b) if banks > 1 else 1
             out = Signal(len(wdata), name=f"bank{b}_out", reset_less=True)   # data
-            m.d.comb += [rd.addr.eq(addr[:low]), wr.addr.eq(addr[:low]), wr.data.eq(wdata),
-                         wr.en.eq(Mux(selected, we, 0))]
-            m.d.sync += out.eq(rd.data)
+            for j in range(slices):
+                m.submodules[f"bank{b}_slice{j}"] = mem = Memory(data=self.data[b * slices + j])
+                bits = slice(j * self.slice_width, (j + 1) * self.slice_width)
+                # A slice's byte lanes: its own, or the one byte it is part of.
+                lanes = we[bits.start // 8:-(-bits.stop // 8)]
+                rd = mem.read_port()
+                wr = mem.write_port(granularity=8 if self.slice_width > 8 else None)
+                m.d.comb += [rd.addr.eq(addr[:low]), wr.addr.eq(addr[:low]),
+                             wr.data.eq(wdata[bits]), wr.en.eq(Mux(selected, lanes, 0))]
+                m.d.sync += out[bits].eq(rd.data)
             outs.append(out)
         rdata = Signal(len(wdata))
-        m.d.comb += rdata.eq(Cat(*outs).word_select(bank_rr, len(wdata)) if len(outs) > 1
+        m.d.comb += rdata.eq(Cat(*outs).word_select(bank_rr, len(wdata)) if banks > 1
                              else outs[0])
         return rdata
 
