@@ -195,8 +195,10 @@ def _overrides(board, config, pe_mult, seed, place_only=False, router=None, pin_
         # Always finish, so that a failing clock still gets its report.
         "nextpnr_opts": ["--report", "top.report.json", "--timing-allow-fail",
                          "--seed", str(seed),
-                         # Placed only: the placed netlist, for ``synth.placed_timing``.
-                         *(["--no-route", "--write", "top.placed.json"] if place_only else []),
+                         # The placed netlist (placed only) or the routed one with the
+                         # arrival time at every cell input, for ``synth.placed_timing``.
+                         *(["--no-route", "--write", "top.placed.json"] if place_only else
+                           ["--write", "top.routed.json", "--detailed-timing-report"]),
                          *(["--placer", placer] if placer else []),
                          *(["--router", router] if router else [])],
     }
@@ -211,7 +213,9 @@ def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
     resources and nextpnr's Fmax estimate from placement, marked as an estimate, never a pass;
     for designs whose routing takes too long to iterate on. Its files end in ``_placed``, and
     the build directory keeps the placed netlist (``top.placed.json``), which
-    ``python -m npu.synth.placed_timing`` ranks the paths of.
+    ``python -m npu.synth.placed_timing`` ranks the paths of. A routed build keeps the routed
+    netlist (``top.routed.json``) and nextpnr's arrival times in ``top.report.json``, from which
+    ``python -m npu.synth.placed_timing --routed`` lists every failing endpoint.
     ``placer`` and ``router`` pick nextpnr's placer (``heap``, its default, or ``static``) and
     router (``router1``, its default, or ``router2``).
     ``pin_dsps`` pins the PEs' DSPs to sites (``synth.floorplan``, :func:`pins_pe_dsps`).

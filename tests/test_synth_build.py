@@ -179,7 +179,9 @@ def test_a_placed_only_build_is_an_estimate_and_never_passes(tmp_path):
     placed = _overrides("ulx3s-85f", config, "dsp", 1, place_only=True)["nextpnr_opts"]
     assert "--no-route" in placed
     assert placed[placed.index("--write") + 1] == "top.placed.json"
-    assert "--no-route" not in _overrides("ulx3s-85f", config, "dsp", 1)["nextpnr_opts"]
+    routed = _overrides("ulx3s-85f", config, "dsp", 1)["nextpnr_opts"]
+    assert "--no-route" not in routed and "--detailed-timing-report" in routed
+    assert routed[routed.index("--write") + 1] == "top.routed.json"
     opts = _overrides("ulx3s-85f", config, "dsp", 1, router="router2")["nextpnr_opts"]
     assert opts[opts.index("--router") + 1] == "router2"
     assert "--router" not in _overrides("ulx3s-85f", config, "dsp", 1)["nextpnr_opts"]
