@@ -325,14 +325,23 @@ class SerialRequantiser(wiring.Component):
             rq.i.p.act_min.eq(self.i.p.act_min),
             rq.i.p.act_max.eq(self.i.p.act_max),
         ]
-        with m.Switch(gi):
-            for g in range(G):
-                with m.Case(g):
-                    for k in range(K):
-                        for name in ("acc", "bias", "multiplier", "shift"):
-                            m.d.comb += rq.i.p[name][k].eq(self.i.p[name][g * K + k])
+        # Group 0 goes to the lanes straight from the row; each later group from `ahead`,
+        # loaded with it as the group before is taken (the row stays offered until its last
+        # group is). The lanes' first adder then sees a 2:1 select on a register of its own
+        # (`first`), not the decode of `gi` and a G:1 multiplexer on the far side of the row.
+        fields = ("acc", "bias", "multiplier", "shift")
+        first = Signal(init=1)                  # gi == 0
+        ahead = Signal(Requantiser.input_layout(K), reset_less=True)   # data
+        for k in range(K):
+            for name in fields:
+                m.d.comb += rq.i.p[name][k].eq(Mux(first, self.i.p[name][k], ahead[name][k]))
         with m.If(rq.i.valid & rq.i.ready):
-            m.d.sync += gi.eq(Mux(last_in, 0, gi + 1))
+            m.d.sync += [gi.eq(Mux(last_in, 0, gi + 1)), first.eq(last_in)]
+            with m.Switch(gi):
+                for g in range(G - 1):
+                    with m.Case(g):
+                        m.d.sync += [ahead[name][k].eq(self.i.p[name][(g + 1) * K + k])
+                                     for name in fields for k in range(K)]
 
         # Collect: the earlier groups into `held`, the last one straight through.
         go = Signal(range(G))

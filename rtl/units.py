@@ -191,18 +191,19 @@ class _BurstGenerator(wiring.Component):
         stride = Signal(min(24, aw))
         start = {name: getattr(self, name)
                  for name in ("start", "addr0", "stride", "rows", "beats_per_row")}
-        # The beats of a contiguous transfer (used only then). A shift-and-add: the row's beat
-        # count is a few bits, and a DSP's multiplier would be slower than these adds.
-        start["total"] = Signal(range(self._max_total + 1))
-        m.d.comb += start["total"].eq(_tree_sum(
-            [Mux(self.beats_per_row[k], self.rows << k, 0)
-             for k in range(len(self.beats_per_row))]))
         if self._config.retime:
             # The transfer is taken a cycle after `start` (busy meanwhile), so that the
             # instruction decode and the set-up below are not one path.
             for name, port in start.items():
                 start[name] = Signal.like(port, name=f"{name}_r")
                 m.d.sync += start[name].eq(port)
+        # The beats of a contiguous transfer (used only then). A shift-and-add: the row's beat
+        # count is a few bits, and a DSP's multiplier would be slower than these adds.
+        # Retimed, from the registered transfer.
+        start["total"] = Signal(range(self._max_total + 1))
+        m.d.comb += start["total"].eq(_tree_sum(
+            [Mux(start["beats_per_row"][k], start["rows"] << k, 0)
+             for k in range(len(start["beats_per_row"]))]))
         beats = _burst_len(m, self._config, addr, beats_left)
         offer = Signal()
         if self._config.retime:
@@ -477,6 +478,9 @@ class LoadUnit(wiring.Component):
         d = data.View(desc_layout, descs.r_data)
         r_row = Signal(range(cfg.sp_lines))
         r_beat = Signal(max_beats)
+        # One-hot r_beat (bit k while r_beat == k): the beat's byte and word enables and its
+        # zero flags come from a register each, not from a compare of r_beat shared by all.
+        r_beat_at = Signal(max(-(-L // B), param_beats), init=1)
 
         m.d.comb += [
             self.bus.araddr.eq(bursts.addr),
@@ -504,11 +508,11 @@ class LoadUnit(wiring.Component):
         # row_bytes), later beats their own bytes.
         sp_write = Signal()
         for k in range(L):
-            mine = r_beat == k // B
+            mine = r_beat_at[k // B]
             m.d.comb += [
                 sp["data"][k].eq(Mux(mine & (k < d.row_bytes),
                                      self.bus.rdata.word_select(k % B, 8), 0)),
-                sp["en"][k].eq(sp_write & ((r_beat == 0) | mine)),
+                sp["en"][k].eq(sp_write & (r_beat_at[0] | mine)),
             ]
         m.d.comb += sp["addr"].eq(d.sp_addr + r_row)
 
@@ -519,11 +523,11 @@ class LoadUnit(wiring.Component):
         # (From the bus word and the byte masks side by side, not through the write data.)
         byte_nz = [self.bus.rdata.word_select(j, 8) != 0 for j in range(B)]
         for g in range(G):
-            m.d.comb += beat_nz[g].eq(Cat((r_beat == k // B) & (k < d.row_bytes) & byte_nz[k % B]
+            m.d.comb += beat_nz[g].eq(Cat(r_beat_at[k // B] & (k < d.row_bytes) & byte_nz[k % B]
                                           for k in range(g * R, min((g + 1) * R, L))).any())
         row_nz = Signal(G)
         m.d.comb += [
-            row_nz.eq(beat_nz | Mux(r_beat == 0, 0, seen)),
+            row_nz.eq(beat_nz | Mux(r_beat_at[0], 0, seen)),
             zf["addr"].eq(sp["addr"]),
             zf["data"].eq(~row_nz),
         ]
@@ -537,9 +541,10 @@ class LoadUnit(wiring.Component):
         m.d.comb += self.stall_memory.eq(descs.r_rdy & ~self.bus.rvalid)
         with m.If(self.bus.rvalid):
             last_beat = r_beat == d.beats_per_row - 1
-            m.d.sync += r_beat.eq(Mux(last_beat, 0, r_beat + 1))
+            m.d.sync += [r_beat.eq(Mux(last_beat, 0, r_beat + 1)),
+                         r_beat_at.eq(Mux(last_beat, 1, r_beat_at << 1))]
             with m.If(d.is_param):
-                m.d.comb += params["en"].eq(1 << r_beat)
+                m.d.comb += params["en"].eq(r_beat_at)
             with m.Else():
                 m.d.comb += [sp_write.eq(1), zf["en"].eq(last_beat)]
             with m.If(last_beat):
