@@ -457,8 +457,9 @@ class LoadUnit(wiring.Component):
         B = cfg.bus_bytes
         L = cfg.line_bytes
         param_beats = -(-param_slot_bytes(cfg.cols) // B)
-        m.submodules.bursts = bursts = _BurstGenerator(
-            cfg, max_rows=cfg.sp_lines, max_beats=max(-(-L // B), param_beats))
+        beats = max(-(-L // B), param_beats)        # the most beats a row of a transfer has
+        m.submodules.bursts = bursts = _BurstGenerator(cfg, max_rows=cfg.sp_lines,
+                                                        max_beats=beats)
 
         # Issue side: one instruction at a time takes its tokens and issues its address
         # bursts; then the next may start while the data of the first is still arriving.
@@ -480,7 +481,7 @@ class LoadUnit(wiring.Component):
         r_beat = Signal(max_beats)
         # One-hot r_beat (bit k while r_beat == k): the beat's byte and word enables and its
         # zero flags come from a register each, not from a compare of r_beat shared by all.
-        r_beat_at = Signal(max(-(-L // B), param_beats), init=1)
+        r_beat_at = Signal(beats, init=1)
 
         m.d.comb += [
             self.bus.araddr.eq(bursts.addr),

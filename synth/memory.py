@@ -87,16 +87,16 @@ class AXI4OnChipMemory(wiring.Component):
         self.pipelined = bool(pipelined)
         depth = size // bus_bytes
         if pipelined:
-            self.bank_depth = min(depth, self.SLICE_BITS)
-            self.slice_width = min(self.SLICE_WIDTH, signature.data_width,
-                                   self.SLICE_BITS // self.bank_depth)
+            self._bank_depth = min(depth, self.SLICE_BITS)
+            self._slice_width = min(self.SLICE_WIDTH, signature.data_width,
+                                   self.SLICE_BITS // self._bank_depth)
         else:
-            self.bank_depth, self.slice_width = depth, signature.data_width
-        mask = (1 << self.slice_width) - 1
-        self.data = [MemoryData(shape=self.slice_width, depth=self.bank_depth,
-                                init=[w >> low & mask for w in words[b:b + self.bank_depth]])
-                     for b in range(0, depth, self.bank_depth)
-                     for low in range(0, signature.data_width, self.slice_width)]
+            self._bank_depth, self._slice_width = depth, signature.data_width
+        mask = (1 << self._slice_width) - 1
+        self.data = [MemoryData(shape=self._slice_width, depth=self._bank_depth,
+                                init=[w >> low & mask for w in words[b:b + self._bank_depth]])
+                     for b in range(0, depth, self._bank_depth)
+                     for low in range(0, signature.data_width, self._slice_width)]
         self.spram = bool(spram)
         if self.spram:
             blocks = (signature.data_width // self.SPRAM_WIDTH) \
@@ -205,8 +205,8 @@ class AXI4OnChipMemory(wiring.Component):
         """The pipelined RAM: each slice read and written at ``addr``, its output registered;
         with more than one bank, the bank selected after the registers. Returns the data read
         at the address of two cycles before."""
-        low = exact_log2(self.bank_depth)
-        slices = len(wdata) // self.slice_width
+        low = exact_log2(self._bank_depth)
+        slices = len(wdata) // self._slice_width
         banks = len(self.data) // slices
         bank = addr[low:low + exact_log2(banks)]
         bank_r, bank_rr = Signal.like(bank), Signal.like(bank)
@@ -217,11 +217,11 @@ class AXI4OnChipMemory(wiring.Component):
             out = Signal(len(wdata), name=f"bank{b}_out", reset_less=True)   # data
             for j in range(slices):
                 m.submodules[f"bank{b}_slice{j}"] = mem = Memory(data=self.data[b * slices + j])
-                bits = slice(j * self.slice_width, (j + 1) * self.slice_width)
+                bits = slice(j * self._slice_width, (j + 1) * self._slice_width)
                 # A slice's byte lanes: its own, or the one byte it is part of.
                 lanes = we[bits.start // 8:-(-bits.stop // 8)]
                 rd = mem.read_port()
-                wr = mem.write_port(granularity=8 if self.slice_width > 8 else None)
+                wr = mem.write_port(granularity=8 if self._slice_width > 8 else None)
                 m.d.comb += [rd.addr.eq(addr[:low]), wr.addr.eq(addr[:low]),
                              wr.data.eq(wdata[bits]), wr.en.eq(Mux(selected, lanes, 0))]
                 m.d.sync += out[bits].eq(rd.data)
