@@ -19,9 +19,9 @@ worst paths (one per endpoint register group) and how many endpoints lie in each
 A routed design has nextpnr's own timing: with ``--detailed-timing-report`` its report gives
 the arrival time at every cell input (:func:`routed_arrivals`). With ``--routed REPORT``
 those arrivals replace the model wherever they exist, so the ranking is nextpnr's and lists
-every endpoint a routed build fails, where nextpnr prints only its worst path. The routed
-netlist (``--write``) and that report come from one nextpnr run, e.g. the build's own
-command with ``--write routed.json --detailed-timing-report`` added.
+every endpoint a routed build fails, where nextpnr prints only its worst path. Both come from
+one nextpnr run: a routed build keeps them, ``build/synth/<stem>/top.routed.json`` and
+``top.report.json`` beside it.
 """
 
 import argparse
