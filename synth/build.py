@@ -285,6 +285,21 @@ def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
     return report
 
 
+def _what_to_build(argv):
+    """The command line without the options that say only where files go (``--build-dir``,
+    ``--reports-dir``): the report's reproducing command."""
+    where = ("--build-dir", "--reports-dir")
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in where:
+            skip = True
+        elif not arg.startswith(tuple(f"{option}=" for option in where)):
+            kept.append(arg)
+    return kept
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--board", required=True, choices=sorted(BOARDS))
@@ -334,7 +349,7 @@ def main(argv=None):
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
     command = "python -m npu.synth.build " + shlex.join(
-        argv if argv is not None else sys.argv[1:])
+        _what_to_build(argv if argv is not None else sys.argv[1:]))
     try:
         report = build(args.board, config, mem_bytes=mem_bytes,
               clock_hz=args.clock_mhz * 1e6 if args.clock_mhz else None,

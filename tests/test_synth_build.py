@@ -9,6 +9,7 @@ import pytest
 from npu.synth.boards import BOARDS, board_config
 from npu.synth.build import (
     _overrides,
+    _what_to_build,
     build,
     find_toolchain,
     missing_tools,
@@ -203,6 +204,12 @@ def test_a_bad_configuration_on_the_command_line_is_a_usage_error(capsys):
         build_main(["--board", "ulx3s-85f", "--cols", "8", "--requant-lanes", "3"])
     assert info.value.code == 2
     assert "Requantiser lanes must divide the array columns (8), not 3" in capsys.readouterr().err
+
+
+def test_the_reproducing_command_leaves_out_where_files_go():
+    argv = ["--board", "ulx3s-85f", "--build-dir", "/tmp/b", "--seed", "3",
+            "--reports-dir=/tmp/r", "--rows", "8"]
+    assert _what_to_build(argv) == ["--board", "ulx3s-85f", "--seed", "3", "--rows", "8"]
 
 
 @pytest.mark.synth
