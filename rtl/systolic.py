@@ -59,9 +59,8 @@ class ProcessingElement(wiring.Component):
         any sum of ``i + 1`` int8 x int8 products exactly.
     product_stages : int
         Registers between the operands and the add: 0 (multiply and add in one cycle), 1 (the
-        product registered) or 2 (on a DSP the operands registered, then the product; in
-        logic the products of the weight's two nibbles registered, then their sum).
-        ``psum_in`` is expected that many cycles later too.
+        product registered) or 2 (the operands registered, then the product). ``psum_in`` is
+        expected that many cycles later too.
     ecp5_dsp : bool
         With ``product_stages`` of 1 or 2: the multiply and its registers are one ECP5
         MULT18X18D (``registered_multiply``), whose output register is the product register
@@ -120,17 +119,13 @@ class ProcessingElement(wiring.Component):
             m.submodules.mult = registered_multiply(self.a_in, weight, product, self.en,
                                                     input_registers=stages == 2)
         else:
-            product = self.a_in * weight
+            a, w = self.a_in, weight
             if stages == 2:
-                # In logic, the multiply is split at the weight's nibbles rather than its
-                # operands registered: the two 8 x 4 products are registered, then summed.
-                # The whole 8 x 8 array multiplier in one cycle is a chain of seven adders.
-                lo = Signal(signed(12), name="product_lo", reset_less=True)
-                hi = Signal(signed(12), name="product_hi", reset_less=True)
+                a = Signal(signed(8), name="a_reg", reset_less=True)
+                w = Signal(signed(8), name="w_reg", reset_less=True)
                 with m.If(self.en):
-                    m.d.sync += [lo.eq(self.a_in * weight[:4]),
-                                 hi.eq(self.a_in * weight[4:].as_signed())]
-                product = lo + (hi << 4)
+                    m.d.sync += [a.eq(self.a_in), w.eq(weight)]
+            product = a * w
             if stages:
                 registered = Signal(signed(16), reset_less=True)
                 with m.If(self.en):

@@ -516,17 +516,6 @@ class LoadUnit(wiring.Component):
             ]
         m.d.comb += sp["addr"].eq(d.sp_addr + r_row)
 
-        # Zero flags of the line being written: which sub-blocks saw a non-zero byte so far.
-        # Per byte of the line, whether the beat brings a non-zero byte of the row there
-        # (from the bus word and the byte masks side by side, not through the write data).
-        # Retimed, these are registered with the writes, and the flags are ORed from them by
-        # the flag memory: its write data then comes from registers, not from the
-        # descriptor's byte count and the bus word.
-        G, R = cfg.sparse_group, cfg.rows
-        byte_nz = [self.bus.rdata.word_select(j, 8) != 0 for j in range(B)]
-        line_nz = Signal(L)
-        for k in range(L):
-            m.d.comb += line_nz[k].eq(r_beat_at[k // B] & (k < d.row_bytes) & byte_nz[k % B])
         m.d.comb += zf["addr"].eq(sp["addr"])
 
         # A parameter beat goes straight to its word of the slot.
@@ -555,14 +544,18 @@ class LoadUnit(wiring.Component):
                         **{f"sp_{k}": v for k, v in sp.items()},
                         **{f"zf_{k}": v for k, v in zf.items()},
                         **{f"params_{k}": v for k, v in params.items()},
-                        params_word=self.bus.rdata, sp_write=sp_write, line_nz=line_nz,
-                        first=r_beat_at[0])
-        # The sub-blocks that saw a non-zero byte of the row so far (`seen` up to the beat
-        # before), and the line's flags: set where a sub-block is all zero.
+                        params_word=self.bus.rdata, sp_write=sp_write, first=r_beat_at[0])
+        # Zero flags of the line being written, from the scratchpad write data (zero outside
+        # the beat's bytes of the row): which sub-blocks saw a non-zero byte so far (`seen`,
+        # up to the beat before), and the flags, set where a sub-block is all zero. Retimed,
+        # the flag memory's write data thus comes from the write's registers, not from the
+        # descriptor's byte count and the bus word.
+        G, R = cfg.sparse_group, cfg.rows
         seen = Signal(G)
         row_nz = Signal(G)
         for g in range(G):
-            m.d.comb += row_nz[g].eq(writes["line_nz"][g * R:min((g + 1) * R, L)].any()
+            m.d.comb += row_nz[g].eq(Cat(writes["sp_data"][k] != 0
+                                         for k in range(g * R, min((g + 1) * R, L))).any()
                                      | (seen[g] & ~writes["first"]))
         with m.If(writes["sp_write"]):
             m.d.sync += seen.eq(row_nz)
