@@ -197,14 +197,9 @@ class Requantiser(wiring.Component):
         else:
             x_next = x
             e_next = (30 - shift)[:6]
+        s1_x = reg(x_next, "s1_x", signed(32))
+        s1_m = reg(multiplier, "s1_m", signed(32))
         e = reg(e_next, "s1_e", unsigned(6))
-        if dsp:
-            # Stage 1's x and M are the partial products' DSP input registers, not registers
-            # in the fabric: the route to each DSP ends at a register, not at its multiplier.
-            s1_x, s1_m = x_next, multiplier
-        else:
-            s1_x = reg(x_next, "s1_x", signed(32))
-            s1_m = reg(multiplier, "s1_m", signed(32))
 
         # Stage 2: x * M as four partial products: a = aH * 2**16 + aL with aL unsigned.
         a_lo, a_hi = s1_x[:16], s1_x[16:].as_signed()
@@ -212,8 +207,7 @@ class Requantiser(wiring.Component):
         if dsp:
             def product(a, b, what, shape):
                 p = Signal(shape, name=f"{what}{k}")
-                m.submodules[f"{what}{k}"] = registered_multiply(a, b, p, advance,
-                                                                 input_registers=True)
+                m.submodules[f"{what}{k}"] = registered_multiply(a, b, p, advance)
                 return p
         else:
             def product(a, b, what, shape):
