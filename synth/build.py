@@ -13,6 +13,7 @@ import argparse
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -247,17 +248,16 @@ def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
     plan.extract(str(build_dir))
     start = time.monotonic()
     with open(build_dir / "build.log", "w") as out:
-        result = subprocess.run(["sh", f"{plan.script}.sh"], cwd=build_dir, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, check=False)
+        returncode = run_tools(["sh", f"{plan.script}.sh"], cwd=build_dir, env=env, out=out)
     seconds = time.monotonic() - start
     report_json = build_dir / "top.report.json"
     nextpnr_log = build_dir / "top.tim"
     error = None
-    if result.returncode != 0 and not (place_only and report_json.exists()):
+    if returncode != 0 and not (place_only and report_json.exists()):
         # (Placed only, packing the unrouted design into a bitstream may fail: no matter.)
         lines = (build_dir / "build.log").read_text().splitlines()
         errors = [line for line in lines if line.startswith("ERROR")]
-        error = errors[0] if errors else f"exit {result.returncode}"
+        error = errors[0] if errors else f"exit {returncode}"
         if not nextpnr_log.exists():
             # Synthesis itself failed: nothing to report on.
             raise RuntimeError(f"the build failed after {seconds:.0f} s: {error}; see "
@@ -283,6 +283,20 @@ def build(board, config, *, mem_bytes, clock_hz=None, pe_mult="auto", seed=1,
         f"{verdict}{f' ({error})' if error else ''} after {seconds:.0f} s; wrote {json_path}, "
         f"{md_path}")
     return report
+
+
+def run_tools(args, *, cwd, env, out):
+    """Run a build script in a process group of its own and return its exit code. If this
+    process is stopped meanwhile (Ctrl-C, or SIGTERM under ``main``), the whole group is
+    stopped with it: Yosys and nextpnr are not left running without their build."""
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        return proc.wait()
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+        raise
 
 
 def _what_to_build(argv):
@@ -350,6 +364,8 @@ def main(argv=None):
         parser.error(str(exc))
     command = "python -m npu.synth.build " + shlex.join(
         _what_to_build(argv if argv is not None else sys.argv[1:]))
+    # A stopped build stops its tools (run_tools): SIGTERM unwinds like Ctrl-C.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         report = build(args.board, config, mem_bytes=mem_bytes,
               clock_hz=args.clock_mhz * 1e6 if args.clock_mhz else None,
@@ -360,6 +376,8 @@ def main(argv=None):
     except (FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0 if report["pass"] else 2
 
 

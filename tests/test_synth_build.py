@@ -3,6 +3,8 @@
 real (small) synthesis behind the ``synth`` marker."""
 
 import json
+import signal
+import time
 
 import pytest
 
@@ -15,6 +17,7 @@ from npu.synth.build import (
     missing_tools,
     pe_dsp_count,
     pe_mult_choice,
+    run_tools,
 )
 from npu.synth.build import main as build_main
 from npu.synth.report import (
@@ -210,6 +213,43 @@ def test_the_reproducing_command_leaves_out_where_files_go():
     argv = ["--board", "ulx3s-85f", "--build-dir", "/tmp/b", "--seed", "3",
             "--reports-dir=/tmp/r", "--rows", "8"]
     assert _what_to_build(argv) == ["--board", "ulx3s-85f", "--seed", "3", "--rows", "8"]
+
+
+def _running(pid):
+    """Whether process ``pid`` runs (neither gone nor a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_stopped_build_stops_its_tools(tmp_path):
+    # The build script's tools run in their own process group; when the build is stopped
+    # (here by an exception from a timer signal) the group is stopped too.
+    (tmp_path / "tools.sh").write_text("sleep 60 &\necho $! > tool.pid\nwait\n")
+
+    class Stopped(Exception):
+        pass
+
+    def stop(signum, frame):
+        raise Stopped
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        start = time.monotonic()
+        with pytest.raises(Stopped), open(tmp_path / "build.log", "w") as out:
+            run_tools(["sh", "tools.sh"], cwd=tmp_path, env=None, out=out)
+        assert time.monotonic() - start < 10        # not waiting for the tool to finish
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    tool = int((tmp_path / "tool.pid").read_text())
+    deadline = time.monotonic() + 5
+    while _running(tool) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(tool)
 
 
 @pytest.mark.synth
