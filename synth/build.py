@@ -10,6 +10,7 @@ executable beside this Python, then on ``PATH``. No system toolchain is needed.
 """
 
 import argparse
+import contextlib
 import os
 import shlex
 import shutil
@@ -294,7 +295,8 @@ def run_tools(args, *, cwd, env, out):
     try:
         return proc.wait()
     except BaseException:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):     # (the group may be gone already)
+            os.killpg(proc.pid, signal.SIGTERM)
         proc.wait()
         raise
 
