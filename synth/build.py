@@ -301,23 +301,20 @@ def run_tools(args, *, cwd, env, out):
         raise
 
 
+#: The options that say only where files go, not what is built: a parent of ``main``'s parser,
+#: and left out of a report's reproducing command (``_what_to_build``).
+_WHERE = argparse.ArgumentParser(add_help=False)
+_WHERE.add_argument("--build-dir", default=None)
+_WHERE.add_argument("--reports-dir", default=str(REPORTS_DIR))
+
+
 def _what_to_build(argv):
-    """The command line without the options that say only where files go (``--build-dir``,
-    ``--reports-dir``): the report's reproducing command."""
-    where = ("--build-dir", "--reports-dir")
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in where:
-            skip = True
-        elif not arg.startswith(tuple(f"{option}=" for option in where)):
-            kept.append(arg)
-    return kept
+    """The command line without the ``_WHERE`` options: the report's reproducing command."""
+    return _WHERE.parse_known_args(argv)[1]
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[_WHERE])
     parser.add_argument("--board", required=True, choices=sorted(BOARDS))
     parser.add_argument("--cores", type=int, default=1)
     parser.add_argument("--rows", type=int, default=8)
@@ -349,8 +346,6 @@ def main(argv=None):
                         help="nextpnr's router (default: nextpnr's, router1)")
     parser.add_argument("--pin-dsps", action="store_true",
                         help="pin the PEs' DSPs to sites in the array's shape (ECP5)")
-    parser.add_argument("--build-dir", default=None)
-    parser.add_argument("--reports-dir", default=str(REPORTS_DIR))
     args = parser.parse_args(argv)
 
     try:

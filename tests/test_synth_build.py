@@ -210,8 +210,9 @@ def test_a_bad_configuration_on_the_command_line_is_a_usage_error(capsys):
 
 
 def test_the_reproducing_command_leaves_out_where_files_go():
+    # (Written out, with "=", or abbreviated as argparse allows.)
     argv = ["--board", "ulx3s-85f", "--build-dir", "/tmp/b", "--seed", "3",
-            "--reports-dir=/tmp/r", "--rows", "8"]
+            "--reports-dir=/tmp/r", "--rows", "8", "--build", "/tmp/c"]
     assert _what_to_build(argv) == ["--board", "ulx3s-85f", "--seed", "3", "--rows", "8"]
 
 
