@@ -12,8 +12,8 @@ Dataflow (R rows x C columns, see docs/architecture.md):
   vector leave together.
 * The whole array is one stall-able pipeline: it advances when its output is taken or empty.
   From a vector accepted on ``a`` to its result valid on ``o`` is exactly
-  ``latency = R + C - 1`` cycles; ``R + C + 1`` with ``config.retime``, whose PEs register
-  their operands and then their product before the add.
+  ``latency = R + C - 1`` cycles; ``R + C + 1`` with ``config.retime``, whose PEs multiply in
+  two registered stages before the add.
 """
 
 from amaranth import Cat, Module, Mux, Shape, Signal, signed, unsigned
@@ -25,12 +25,30 @@ from .config import NPUConfig
 from .ecp5 import DSP_PRODUCTS, registered_multiply
 from .stage import replica, staged
 
-__all__ = ["ProcessingElement", "SystolicArray", "psum_bits"]
+__all__ = ["ProcessingElement", "SystolicArray", "psum_bits", "radix4_product"]
 
 
 def psum_bits(products):
     """Bits of a signed sum of ``products`` int8 x int8 products, each in [-16256, 16384]."""
     return Shape.cast(range(-16256 * products, 16384 * products + 1)).width
+
+
+def radix4_product(a, w, w3, wn):
+    """``a * w`` (int8 x int8) as ``lo + (hi << 4)``; returns ``(lo, hi)``, each in 12 signed bits.
+
+    ``a = q0 + 4 q1 + 16 q2 + 64 q3`` with ``qk = a[2k] + 2 a[2k+1]`` (0..3) for k < 3 and
+    ``q3 = a[6] - 2 a[7]`` (-2..1): each partial product ``qk * w`` is a 4:1 choice between
+    multiples of the weight (0, w, 2w, 3w; the top one 0, w, -2w, -w), so given ``w3 = 3 * w``
+    and ``wn = -w`` (a weight-stationary PE computes them once, when the weight is written)
+    no partial product needs an adder or a sign correction. ``lo = p0 + 4 p1`` and
+    ``hi = p2 + 4 p3``: two adds, then one more for the product.
+    """
+    def choose(q1, q0, one, two, three):
+        return Mux(q1, Mux(q0, three, two), Mux(q0, one, 0))
+
+    p = [choose(a[2 * k + 1], a[2 * k], w, w << 1, w3) for k in range(3)]
+    p.append(choose(a[7], a[6], w, wn << 1, wn))
+    return p[0] + (p[1] << 2), p[2] + (p[3] << 2)
 
 
 class ProcessingElement(wiring.Component):
@@ -59,8 +77,9 @@ class ProcessingElement(wiring.Component):
         any sum of ``i + 1`` int8 x int8 products exactly.
     product_stages : int
         Registers between the operands and the add: 0 (multiply and add in one cycle), 1 (the
-        product registered) or 2 (the operands registered, then the product). ``psum_in`` is
-        expected that many cycles later too.
+        product registered) or 2 (two stages of the multiply registered: on a DSP its operands,
+        then its product; in logic the two halves of ``radix4_product``, then their sum).
+        ``psum_in`` is expected that many cycles later too.
     ecp5_dsp : bool
         With ``product_stages`` of 1 or 2: the multiply and its registers are one ECP5
         MULT18X18D (``registered_multiply``), whose output register is the product register
@@ -99,33 +118,43 @@ class ProcessingElement(wiring.Component):
         m = Module()
         # No register here is reset: a PE's contents only reach a result together with a
         # valid bit that travels beside the array (and a program loads the weights it uses).
-        weights = [Signal(signed(8), name=f"w{b}", reset_less=True) for b in range(2)]
         stages = self.product_stages
+        # Retimed, a logic PE splits its multiply across its two stages (`radix4_product`);
+        # it keeps the weight's multiples it needs, 3w and -w, beside the weight in each bank.
+        split = stages == 2 and not self.ecp5_dsp
+        multiples = {"w": signed(8), **({"w3": signed(10), "wn": signed(9)} if split else {})}
+        banks = [{k: Signal(shape, name=f"{k}{b}", reset_less=True)
+                  for k, shape in multiples.items()} for b in range(2)]
         # Retimed, not reset either: a write in flight when a run starts lands a cycle later,
         # in a bank the new run loads before it uses.
         write = staged(m, stages == 2, "w_reg", replicas=("we", "bank", "data"),
                        we=self.w_we, bank=self.w_bank, data=self.w_data)
         w_we, w_bank, w_data = write["we"], write["bank"], write["data"]
+        values = {"w": w_data, "w3": w_data + (w_data << 1), "wn": -w_data}
         with m.If(w_we):
-            with m.If(w_bank):
-                m.d.sync += weights[1].eq(w_data)
-            with m.Else():
-                m.d.sync += weights[0].eq(w_data)
-        weight = Mux(self.a_bank_in, weights[1], weights[0])
+            for b in range(2):
+                with m.If(w_bank == b):
+                    m.d.sync += [banks[b][k].eq(values[k]) for k in multiples]
+        bank = {k: Mux(self.a_bank_in, banks[1][k], banks[0][k]) for k in multiples}
+        weight = bank["w"]
         # int8 x int8 fits 16 bits; the partial sum is wide enough never to wrap. Each stage
         # delays the product a cycle, and psum_in with it (every row above is as late).
         if self.ecp5_dsp:
             product = Signal(signed(16))
             m.submodules.mult = registered_multiply(self.a_in, weight, product, self.en,
                                                     input_registers=stages == 2)
+        elif split:
+            # Stage 1 registers two sums of two of the activation's radix-4 partial products,
+            # stage 2 the product: no multiplier between two registers (on an FPGA's logic
+            # the whole 8 x 8 multiply did not fit one cycle).
+            halves = radix4_product(self.a_in, bank["w"], bank["w3"], bank["wn"])
+            held = [Signal(signed(12), name=f"half{h}", reset_less=True) for h in range(2)]
+            product = Signal(signed(16), name="registered", reset_less=True)
+            with m.If(self.en):
+                m.d.sync += [held[h].eq(halves[h]) for h in range(2)]
+                m.d.sync += product.eq(held[0] + (held[1] << 4))
         else:
-            a, w = self.a_in, weight
-            if stages == 2:
-                a = Signal(signed(8), name="a_reg", reset_less=True)
-                w = Signal(signed(8), name="w_reg", reset_less=True)
-                with m.If(self.en):
-                    m.d.sync += [a.eq(self.a_in), w.eq(weight)]
-            product = a * w
+            product = self.a_in * weight
             if stages:
                 registered = Signal(signed(16), reset_less=True)
                 with m.If(self.en):

@@ -5,11 +5,12 @@ import types
 
 import numpy as np
 import pytest
-from amaranth import Signal, signed, unsigned
+from amaranth import Module, Signal, signed, unsigned
+from amaranth.sim import Simulator
 
 from npu.rtl.config import NPUConfig
 from npu.rtl.ecp5 import DSP_PRODUCTS, registered_multiply
-from npu.rtl.systolic import ProcessingElement, SystolicArray, psum_bits
+from npu.rtl.systolic import ProcessingElement, SystolicArray, psum_bits, radix4_product
 from npu.sim.amaranth_sim import run_simulation
 from npu.sim.ecp5 import OnPlatform, use_mult18x18d_model
 from npu.sim.streams import stream_put
@@ -295,6 +296,34 @@ def test_dsp_product_of_any_operand_shape_is_exact(monkeypatch, a_shape, b_shape
     run_simulation(dut, bench, name="dsp_shapes")
     wrap = 1 << p_width
     assert seen == [((x * y + wrap // 2) % wrap) - wrap // 2 for x, y in offered]
+
+
+def test_radix4_product_halves_sum_to_every_int8_product_and_fit_12_bits():
+    # Every (a, w) pair: lo + 16 hi == a * w, with lo and hi read through wide signals so a
+    # half that needed more than the 12 bits a PE registers it in would show.
+    m = Module()
+    a, w = Signal(signed(8)), Signal(signed(8))
+    w3, wn = Signal(signed(10)), Signal(signed(9))
+    lo, hi = Signal(signed(24)), Signal(signed(24))
+    m.d.comb += [lo.eq(radix4_product(a, w, w3, wn)[0]), hi.eq(radix4_product(a, w, w3, wn)[1])]
+    wrong = []
+
+    async def bench(ctx):
+        for wv in range(-128, 128):
+            ctx.set(w, wv)
+            ctx.set(w3, 3 * wv)
+            ctx.set(wn, -wv)
+            for av in range(-128, 128):
+                ctx.set(a, av)
+                got_lo, got_hi = ctx.get(lo), ctx.get(hi)
+                if got_lo + 16 * got_hi != av * wv or not all(
+                        -2048 <= half < 2048 for half in (got_lo, got_hi)):
+                    wrong.append((av, wv, got_lo, got_hi))
+
+    sim = Simulator(m)          # combinational: no clock
+    sim.add_testbench(bench)
+    sim.run()
+    assert wrong == []
 
 
 # Weights with the extremes and the values around powers of two and zero.
