@@ -501,8 +501,7 @@ class LoadUnit(wiring.Component):
         # a unit that waits for the token can read it.
         sp = {"addr": Signal.like(self.sp.addr), "data": Signal.like(self.sp.data),
               "en": Signal.like(self.sp.en)}
-        zf = {"addr": Signal.like(self.zflags.addr), "data": Signal.like(self.zflags.data),
-              "en": Signal()}
+        zf = {"addr": Signal.like(self.zflags.addr), "en": Signal()}
         params = {"addr": Signal.like(self.params.addr), "en": Signal.like(self.params.en)}
 
         # Scratchpad write of a beat: beat 0 of a row writes the whole line (zeros past
@@ -517,23 +516,7 @@ class LoadUnit(wiring.Component):
             ]
         m.d.comb += sp["addr"].eq(d.sp_addr + r_row)
 
-        # Zero flags of the line being written: which sub-blocks saw a non-zero byte so far.
-        G, R = cfg.sparse_group, cfg.rows
-        seen = Signal(G)
-        beat_nz = Signal(G)
-        # (From the bus word and the byte masks side by side, not through the write data.)
-        byte_nz = [self.bus.rdata.word_select(j, 8) != 0 for j in range(B)]
-        for g in range(G):
-            m.d.comb += beat_nz[g].eq(Cat(r_beat_at[k // B] & (k < d.row_bytes) & byte_nz[k % B]
-                                          for k in range(g * R, min((g + 1) * R, L))).any())
-        row_nz = Signal(G)
-        m.d.comb += [
-            row_nz.eq(beat_nz | Mux(r_beat_at[0], 0, seen)),
-            zf["addr"].eq(sp["addr"]),
-            zf["data"].eq(~row_nz),
-        ]
-        with m.If(sp_write):
-            m.d.sync += seen.eq(row_nz)
+        m.d.comb += zf["addr"].eq(sp["addr"])
 
         # A parameter beat goes straight to its word of the slot.
         m.d.comb += params["addr"].eq(d.slot)
@@ -557,15 +540,29 @@ class LoadUnit(wiring.Component):
                         self.tokens.push.eq(Cat(d.push_prev, d.push_next)),
                     ]
 
-        writes = staged(m, cfg.retime, "wr", reset=("sp_en", "zf_en", "params_en"),
+        writes = staged(m, cfg.retime, "wr", reset=("sp_en", "zf_en", "params_en", "sp_write"),
                         **{f"sp_{k}": v for k, v in sp.items()},
                         **{f"zf_{k}": v for k, v in zf.items()},
                         **{f"params_{k}": v for k, v in params.items()},
-                        params_word=self.bus.rdata)
+                        params_word=self.bus.rdata, sp_write=sp_write, first=r_beat_at[0])
+        # Zero flags of the line being written, from the scratchpad write data (zero outside
+        # the beat's bytes of the row): which sub-blocks saw a non-zero byte so far (`seen`,
+        # up to the beat before), and the flags, set where a sub-block is all zero. Retimed,
+        # the flag memory's write data thus comes from the write's registers, not from the
+        # descriptor's byte count and the bus word.
+        G, R = cfg.sparse_group, cfg.rows
+        seen = Signal(G)
+        row_nz = Signal(G)
+        for g in range(G):
+            m.d.comb += row_nz[g].eq(Cat(writes["sp_data"][k] != 0
+                                         for k in range(g * R, min((g + 1) * R, L))).any()
+                                     | (seen[g] & ~writes["first"]))
+        with m.If(writes["sp_write"]):
+            m.d.sync += seen.eq(row_nz)
         m.d.comb += [
             self.sp.addr.eq(writes["sp_addr"]), self.sp.data.eq(writes["sp_data"]),
             self.sp.en.eq(writes["sp_en"]),
-            self.zflags.addr.eq(writes["zf_addr"]), self.zflags.data.eq(writes["zf_data"]),
+            self.zflags.addr.eq(writes["zf_addr"]), self.zflags.data.eq(~row_nz),
             self.zflags.en.eq(writes["zf_en"]),
             self.params.addr.eq(writes["params_addr"]), self.params.en.eq(writes["params_en"]),
         ]
