@@ -299,8 +299,14 @@ class NPUCore(wiring.Component):
         barrier_wait = Signal()
         m.d.comb += self.ctrl.barrier_arrived.eq(barrier_wait)
 
+        # Fetch stops in END_DRAIN and HALT: a register of its own, set and cleared with the
+        # moves into and out of those states, so that the fetch's read request, and the read
+        # channel's arbitration behind it, do not start from a decode of the state.
+        stopping = Signal()
+        m.d.comb += fetch.stop.eq(stopping)
+
         def fail(code):
-            m.d.sync += [error.eq(code), halting.eq(1)]
+            m.d.sync += [error.eq(code), halting.eq(1), stopping.eq(1)]
             m.next = "HALT"
 
         with m.FSM(name="dispatch"):
@@ -363,6 +369,7 @@ class NPUCore(wiring.Component):
                     with m.Case(Opcode.BARRIER):
                         m.next = "BARRIER_DRAIN"
                     with m.Case(Opcode.END):
+                        m.d.sync += stopping.eq(1)
                         m.next = "END_DRAIN"
             with m.State("BARRIER_DRAIN"):
                 with m.If(bus_error):
@@ -375,17 +382,15 @@ class NPUCore(wiring.Component):
                     m.d.sync += pc.eq(pc + INSTR_BYTES)
                     m.next = "FETCH"
             with m.State("END_DRAIN"):
-                m.d.comb += fetch.stop.eq(1)
                 with m.If(bus_error):
                     fail(ErrorCode.BUS_ERROR)
                 with m.Elif(all_idle):
-                    m.d.sync += state.eq(CoreState.DONE)
+                    m.d.sync += [state.eq(CoreState.DONE), stopping.eq(0)]
                     m.next = "STOPPED"
             with m.State("HALT"):
-                m.d.comb += fetch.stop.eq(1)
                 # Accepted work finishes its bus transactions; queued work is dropped.
                 with m.If(all_idle):
-                    m.d.sync += [state.eq(CoreState.ERROR), halting.eq(0)]
+                    m.d.sync += [state.eq(CoreState.ERROR), halting.eq(0), stopping.eq(0)]
                     m.next = "STOPPED"
 
         # Performance counters (cleared at start, counting while busy).
