@@ -305,7 +305,8 @@ def test_radix4_product_halves_sum_to_every_int8_product_and_fit_12_bits():
     a, w = Signal(signed(8)), Signal(signed(8))
     w3, wn = Signal(signed(10)), Signal(signed(9))
     lo, hi = Signal(signed(24)), Signal(signed(24))
-    m.d.comb += [lo.eq(radix4_product(a, w, w3, wn)[0]), hi.eq(radix4_product(a, w, w3, wn)[1])]
+    halves = radix4_product(a, w, w3, wn)
+    m.d.comb += [lo.eq(halves[0]), hi.eq(halves[1])]
     wrong = []
 
     async def bench(ctx):
